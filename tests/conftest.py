@@ -1,0 +1,16 @@
+"Fixtures shared by the pytest suite: where the shared test material is"
+import pytest
+
+from trendyol_clf.core import shared_path
+
+
+@pytest.fixture(scope="session")
+def clothing_small():
+    "The real photos of `../shared/data/clothing-small`"
+    return shared_path("data", "clothing-small")
+
+
+@pytest.fixture(scope="session")
+def fixture_pages():
+    "The recorded Trendyol search responses"
+    return sorted(shared_path("fixtures", "trendyol-search", "erkek-t-shirt-x-g2-c73").glob("page-*.json"))
