@@ -1,0 +1,195 @@
+"""Benchmark of `trendyol_clf.clean` against imagededup (PHash) and cleanvision on real photos with injected copies.
+
+Builds, under a temporary folder, a dataset of real photos from `../shared/data/clothing-small`
+with copies of a sample of them (byte copies, PNG re-saves, resized, re-encoded, cropped, WebP,
+brightened, darkened, copied into another class) and broken files (empty, truncated, HTML), then
+reports per kind the recall of the copy-original pairs, the precision of the pairs found, the
+recall of broken files, images per second, and a projection of the cleaner's time to 100k images
+from two measured sizes. Run: `python bench/clean.py [--photos 1600] [--copies 30]`.
+"""
+import argparse
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image, ImageEnhance
+
+from trendyol_clf.clean import clean, list_images
+from trendyol_clf.core import shared_path
+
+KINDS = ("exact", "png", "resized", "reencoded", "cropped", "webp", "brightened", "darkened", "other_class")
+
+
+def make_copy(source: Path, kind: str, classes: list, rng: random.Random) -> Path:
+    "Write a copy of `source` of `kind` beside it (or in another class) and return its path"
+    target = source.with_name(f"{source.stem}_{kind}.jpg")
+    if kind == "exact": shutil.copy(source, target); return target
+    image = Image.open(source).convert("RGB")
+    w, h = image.size
+    options, suffix = dict(quality=90), ".jpg"
+    if kind == "png": suffix, options = ".png", {}
+    elif kind == "resized":
+        scale = rng.uniform(.4, .8)
+        image = image.resize((int(w*scale), int(h*scale)), Image.LANCZOS)
+    elif kind == "reencoded": options = dict(quality=rng.choice([35, 50, 65]))
+    elif kind == "cropped":
+        cut = [int(side*rng.uniform(.02, .08)) for side in (w, h, w, h)]
+        image = image.crop((cut[0], cut[1], w - cut[2], h - cut[3]))
+    elif kind == "webp": suffix, options = ".webp", dict(quality=rng.choice([60, 80]))
+    elif kind in ("brightened", "darkened"):
+        factor = rng.uniform(1.2, 1.4) if kind == "brightened" else rng.uniform(.6, .8)
+        image = ImageEnhance.Brightness(image).enhance(factor)
+    elif kind == "other_class":
+        target = source.parents[1]/rng.choice([c for c in classes if c != source.parent.name])/target.name
+    target = target.with_suffix(suffix)
+    image.save(target, **options)
+    return target
+
+
+def build(dest: Path, photos: int, copies: int, seed=0):
+    "The benchmark dataset: `photos` real photos, `copies` copies of each kind, broken files; truth tables"
+    rng = random.Random(seed)
+    shared = sorted(shared_path("data", "clothing-small").glob("*/*/*.jpg"))
+    originals = []
+    for f in rng.sample(shared, photos):
+        (dest/f.parent.name).mkdir(parents=True, exist_ok=True)
+        target = dest/f.parent.name/f.name
+        if target.exists(): continue
+        shutil.copy(f, target); originals.append(target)
+    classes = sorted(p.name for p in dest.iterdir())
+    sources = iter(rng.sample(originals, copies*len(KINDS) + copies*3))
+    truth = [dict(copy=make_copy(s, kind, classes, rng), source=s, kind=kind)
+             for kind in KINDS for s in [next(sources) for _ in range(copies)]]
+    broken = []
+    for i in range(copies):
+        source = next(sources).read_bytes()
+        for kind, content in [("empty", b""), ("truncated", source[:int(len(source)*rng.uniform(.3, .9))]),
+                              ("html", b"<!DOCTYPE html><html><head><title>404</title></head></html>")]:
+            path = dest/rng.choice(classes)/f"broken_{kind}_{i}.jpg"
+            path.write_bytes(content); broken.append(dict(path=path, kind=kind))
+    rel = lambda p: p.relative_to(dest).as_posix()
+    truth = pd.DataFrame([dict(copy=rel(t["copy"]), source=rel(t["source"]), kind=t["kind"]) for t in truth])
+    return truth, pd.DataFrame([dict(path=rel(b["path"]), kind=b["kind"]) for b in broken])
+
+
+def score_pairs(name: str, pairs: set, truth: pd.DataFrame, seconds: float, files: int) -> dict:
+    "Recall per kind of the copy-source pairs, precision of all `pairs` found (frozensets of two relative paths)"
+    groups = {}
+    for copy, source in zip(truth["copy"], truth.source): groups[copy] = groups[source] = source
+    components = _components(pairs)
+    def found(t): return components.get(t.copy, t.copy) == components.get(t.source, t.source)
+    row = dict(tool=name)
+    for kind, part in truth.groupby("kind", sort=False):
+        row[kind] = np.mean([found(t) for t in part.itertuples()])
+    right = [p for p in pairs if len({groups.get(x, x) for x in p}) == 1]
+    row.update(recall=np.mean([found(t) for t in truth.itertuples()]),
+               precision=len(right)/len(pairs) if pairs else float("nan"), pairs=len(pairs),
+               wrong_pairs=len(pairs) - len(right), images_per_s=files/seconds, seconds=seconds)
+    return row
+
+
+def _components(pairs) -> dict:
+    "Representative of the connected group of each path in `pairs`"
+    parent = {}
+    def root(x):
+        parent.setdefault(x, x)
+        while parent[x] != x: parent[x] = parent[parent[x]]; x = parent[x]
+        return x
+    for a, b in (tuple(p) for p in pairs): parent[root(a)] = root(b)
+    return {x: root(x) for x in list(parent)}
+
+
+def run_ours(data: Path, truth, broken, exact_search_below=20_000):
+    start = time.perf_counter()
+    report = clean(data, dry_run=True, exact_search_below=exact_search_below)
+    seconds = time.perf_counter() - start
+    pairs = {frozenset((r.path, r.duplicate_of)) for r in report.itertuples() if r.duplicate_of}
+    files = len(list_images(data))
+    row = score_pairs("trendyol-clf", pairs, truth, seconds, files)
+    flagged = dict(zip(report.path, report.issue))
+    row["broken_recall"] = np.mean([b.path in flagged for b in broken.itertuples()])
+    copies = set(truth["copy"])
+    wrong = [p for p in pairs if not p & copies]
+    return row, wrong
+
+
+def run_imagededup(data: Path, truth, thresholds=(2, 4, 6, 8, 10, 12)):
+    try: from imagededup.methods import PHash
+    except ImportError: return [dict(tool="imagededup PHash", note="not installed: pip install imagededup")]
+    import logging; logging.disable(logging.WARNING)
+    hasher, files = PHash(verbose=False), len(list_images(data))
+    start = time.perf_counter()
+    encodings = hasher.encode_images(image_dir=data, recursive=True)
+    encoded = time.perf_counter() - start
+    rows = []
+    for threshold in thresholds:
+        start = time.perf_counter()
+        found = hasher.find_duplicates(encoding_map=encodings, max_distance_threshold=threshold)
+        seconds = encoded + time.perf_counter() - start
+        pairs = {frozenset((Path(a).as_posix(), Path(b).as_posix())) for a, others in found.items() for b in others}
+        rows.append(score_pairs(f"imagededup PHash ≤{threshold}", pairs, truth, seconds, files))
+    return rows
+
+
+def run_cleanvision(data: Path, truth, broken):
+    "cleanvision's exact and near duplicates; it stops at the first broken file, so it is given the sound ones"
+    try: from cleanvision import Imagelab
+    except ImportError: return [dict(tool="cleanvision", note="not installed: pip install cleanvision")]
+    sound = [str(p) for p in list_images(data) if p.relative_to(data).as_posix() not in set(broken.path)]
+    files = len(sound)
+    start = time.perf_counter()
+    lab = Imagelab(filepaths=sound)
+    lab.find_issues({"exact_duplicates": {}, "near_duplicates": {}}, verbose=False)
+    seconds = time.perf_counter() - start
+    pairs = set()
+    for issue in ("exact_duplicates", "near_duplicates"):
+        for group in lab.info[issue]["sets"]:
+            members = [Path(p).relative_to(data).as_posix() for p in group]
+            pairs |= {frozenset((members[0], m)) for m in members[1:]}
+    return [score_pairs("cleanvision defaults", pairs, truth, seconds, files)]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--photos", type=int, default=1600, help="real photos in the full-size set")
+    parser.add_argument("--copies", type=int, default=30, help="injected copies of each kind")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-clean-"))
+    try:
+        data = work/"DATA"
+        truth, broken = build(data, args.photos, args.copies)
+        files = len(list_images(data))
+        print(f"{files} files: {args.photos} photos, {len(truth)} copies of {len(KINDS)} kinds, {len(broken)} broken; "
+              f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, shared machine")
+        ours, wrong = run_ours(data, truth, broken)
+        rows = [ours, *run_imagededup(data, truth), *run_cleanvision(data, truth, broken)]
+        table = pd.DataFrame(rows).set_index("tool")
+        with pd.option_context("display.width", 250, "display.max_columns", 30, "display.precision", 3):
+            print(table.drop(columns=["seconds"], errors="ignore").to_string())
+        if wrong: print("pairs between two original photos (not injected):", sorted(tuple(sorted(p)) for p in wrong)[:10])
+        small = work/"SMALL"
+        build(small, args.photos//2, args.copies//2, seed=1)
+        sizes, times = [], []
+        for folder in (small, data):
+            start = time.perf_counter()
+            clean(folder, dry_run=True, exact_search_below=1)
+            sizes.append(len(list_images(folder))); times.append(time.perf_counter() - start)
+        exponent = np.log(times[1]/times[0])/np.log(sizes[1]/sizes[0])
+        per_image = (times[1] - times[0])/(sizes[1] - sizes[0])
+        print(f"graph (HNSW) search, as used above 20k images: {sizes[0]} files in {times[0]:.1f} s, "
+              f"{sizes[1]} in {times[1]:.1f} s; time grows as n^{exponent:.2f}")
+        print(f"projection for 100,000 images: {times[1] + per_image*(100_000 - sizes[1]):.0f} s linear, "
+              f"{times[1]*(100_000/sizes[1])**exponent:.0f} s by the measured exponent")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

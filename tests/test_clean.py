@@ -1,0 +1,192 @@
+"The cleaner on real photos with injected copies and broken files: what it finds, what it moves, what it restores"
+import json
+import random
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image, ImageEnhance
+
+from trendyol_clf.clean import clean, list_images, restore
+
+KINDS = ("exact", "png", "resized", "reencoded", "cropped", "webp", "brightened", "darkened", "other_class")
+
+
+def _copy(image: Image.Image, kind: str, rng: random.Random) -> tuple[Image.Image, str, dict]:
+    "A transformed copy of `image`: the picture, its suffix and save options"
+    w, h = image.size
+    if kind == "resized": return image.resize((w*2//3, h*2//3), Image.LANCZOS), ".jpg", dict(quality=90)
+    if kind == "reencoded": return image, ".jpg", dict(quality=45)
+    if kind == "cropped":
+        left, top, right, bottom = (int(side*rng.uniform(.02, .08)) for side in (w, h, w, h))
+        return image.crop((left, top, w - right, h - bottom)), ".jpg", dict(quality=92)
+    if kind == "webp": return image, ".webp", dict(quality=80)
+    if kind in ("brightened", "darkened"):
+        return ImageEnhance.Brightness(image).enhance(1.3 if kind == "brightened" else .7), ".jpg", dict(quality=92)
+    if kind == "other_class": return image, ".jpg", dict(quality=88)
+    return image, ".png", {}
+
+
+def _build(dest: Path, originals: list[Path], copies_per_kind=3, seed=0) -> dict:
+    "Copy `originals` to `dest/<class>/`, inject copies of each kind and broken files; the expected issue per file"
+    rng = random.Random(seed)
+    placed = []
+    for f in originals:
+        (dest/f.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, dest/f.parent.name/f.name)
+        placed.append(dest/f.parent.name/f.name)
+    classes = sorted({p.parent.name for p in placed})
+    expected, sources = {}, iter(rng.sample(placed, copies_per_kind*len(KINDS) + 2))
+    for kind in KINDS:
+        for _ in range(copies_per_kind):
+            source = next(sources)
+            target = source.with_name(f"{source.stem}_{kind}.jpg")
+            if kind == "exact": shutil.copy(source, target)
+            else:
+                picture, suffix, options = _copy(Image.open(source).convert("RGB"), kind, rng)
+                if kind == "other_class":
+                    target = dest/rng.choice([c for c in classes if c != source.parent.name])/target.name
+                picture.save(target.with_suffix(suffix), **options)
+                target = target.with_suffix(suffix)
+            expected[target.relative_to(dest).as_posix()] = (kind, source.relative_to(dest).as_posix())
+    broken_source = next(sources).read_bytes()
+    for name, content in [("empty.jpg", b""), ("page.jpg", b"<!DOCTYPE html><html><body>Not found</body></html>"),
+                          ("truncated.jpg", broken_source[:len(broken_source)*2//3])]:
+        (dest/classes[0]/name).write_bytes(content)
+    (dest/classes[0]/"notes.txt").write_text("not an image, not part of the dataset")
+    (dest/"_old").mkdir(); shutil.copy(placed[0], dest/"_old"/"ignored.jpg")
+    return expected
+
+
+@pytest.fixture(scope="module")
+def dataset(clothing_small, tmp_path_factory):
+    "160 real photos of the ten classes with 27 injected copies and 3 broken files"
+    originals = [f for folder in sorted((clothing_small/"train").iterdir())
+                 for f in sorted(folder.glob("*.jpg"))[:16]]
+    dest = tmp_path_factory.mktemp("clean")/"DATA"
+    expected = _build(dest, originals)
+    listed = [p.relative_to(dest).as_posix() for p in list_images(dest)
+              if p.name not in ("empty.jpg", "page.jpg", "truncated.jpg")]
+    pd.DataFrame(dict(path=listed)).assign(
+        product_id=lambda t: range(len(t)), product_group_id=7).to_csv(dest/"manifest.csv", index=False)
+    return dest, expected
+
+
+def _snapshot(data: Path) -> dict:
+    return {p.relative_to(data).as_posix(): p.read_bytes() for p in sorted(data.rglob("*")) if p.is_file()}
+
+
+def _check_report(report: pd.DataFrame, expected: dict):
+    "Every injected copy and broken file is flagged right, and nothing else is"
+    flagged = dict(zip(report.path, report.issue))
+    assert flagged.pop("dress/empty.jpg") == "empty"
+    assert flagged.pop("dress/page.jpg") == "not_image"
+    assert flagged.pop("dress/truncated.jpg") == "corrupt"
+    kinds = {"exact": "duplicate", "png": "duplicate", "other_class": "conflict"}
+    pairs = {frozenset((r.path, r.duplicate_of)) for r in report.itertuples() if r.duplicate_of}
+    for copy, (kind, source) in expected.items():
+        assert frozenset((copy, source)) in pairs, f"{kind} copy {copy} of {source} not found"
+        issue = flagged.pop(copy if copy in flagged else source)
+        assert issue == kinds.get(kind, "near_duplicate"), (kind, issue)
+    assert not flagged, f"clean photos flagged: {flagged}"
+
+
+def test_finds_every_injected_problem_and_nothing_else(dataset):
+    data, expected = dataset
+    before = _snapshot(data)
+    report = clean(data, dry_run=True)
+    _check_report(report, expected)
+    assert set(report.action) == {"would move"}
+    assert _snapshot(data) == before, "a dry run changed files"
+    assert report.product_id.notna().sum() == len(report) - 3  # broken files were never in the manifest
+    assert (report.product_group_id.dropna() == "7").all()
+
+
+def test_graph_search_finds_the_same_as_exact_search(dataset):
+    data, expected = dataset
+    _check_report(clean(data, dry_run=True, exact_search_below=1), expected)
+
+
+def test_move_and_restore_round_trip_byte_for_byte(dataset, tmp_path):
+    data = tmp_path/"DATA"
+    shutil.copytree(dataset[0], data)
+    before = _snapshot(data)
+    report = clean(data)
+    for row in report.itertuples():
+        assert not (data/row.path).exists()
+        assert (data/"_removed"/row.issue/row.path).read_bytes() == before[row.path]
+    log = [json.loads(line) for line in (data/"_removed"/"log.jsonl").read_text().splitlines()]
+    assert [e["path"] for e in log] == list(report.path)
+    assert clean(data, dry_run=True).empty
+    restored = restore(data)
+    assert set(restored.action) == {"restored"} and len(restored) == len(report)
+    after = _snapshot(data)
+    assert (data/"_removed"/"log.jsonl").exists()
+    assert {k: v for k, v in after.items() if not k.startswith("_removed/")} == \
+           {k: v for k, v in before.items() if not k.startswith("_removed/")}
+    assert restore(data).empty
+
+
+def test_never_overwrites_when_moving_or_restoring(tmp_path, clothing_small):
+    data = tmp_path/"DATA"
+    photo = sorted((clothing_small/"train"/"hat").glob("*.jpg"))[0]
+    (data/"hat").mkdir(parents=True)
+    for name in ("a.jpg", "b.jpg"): shutil.copy(photo, data/"hat"/name)
+    clean(data)
+    shutil.copy(photo, data/"hat"/"b.jpg")  # the same copy arrives again and is removed again
+    clean(data)
+    assert sorted(p.name for p in (data/"_removed"/"duplicate"/"hat").iterdir()) == ["b.jpg", "b~1.jpg"]
+    (data/"hat"/"b.jpg").write_bytes(b"a new file took the old place")
+    with pytest.warns(UserWarning, match="exists again"): done = restore(data)
+    assert (data/"hat"/"b.jpg").read_bytes() == b"a new file took the old place"
+    assert set(done.action) == {"left in _removed: its old place is taken"}
+    (data/"hat"/"b.jpg").unlink()
+    with pytest.warns(UserWarning, match="exists again"): done = restore(data)
+    assert list(done.action) == ["restored", "left in _removed: its old place is taken"]
+    assert (data/"hat"/"b.jpg").read_bytes() == photo.read_bytes()
+
+
+def test_other_photos_and_their_copies(tmp_path):
+    "Photos that are not garments on white: scikit-image's samples and their edited copies"
+    import skimage.data
+    data = tmp_path/"DATA"
+    names = ["astronaut", "camera", "coffee", "chelsea", "rocket", "hubble_deep_field", "immunohistochemistry",
+             "retina", "page", "moon", "text", "brick", "grass", "gravel", "coins", "cell", "clock", "colorwheel"]
+    rng, expected = random.Random(1), {}
+    for i, name in enumerate(names):
+        folder = data/("a" if i % 2 else "b"); folder.mkdir(parents=True, exist_ok=True)
+        picture = Image.fromarray(np.asarray(getattr(skimage.data, name)()).astype(np.uint8)).convert("RGB")
+        picture.save(folder/f"{name}.jpg", quality=95)
+        if i < 14:
+            kind = KINDS[2:][i % 7]
+            copy, suffix, options = _copy(picture, kind, rng)
+            if kind == "other_class": folder = data/("b" if i % 2 else "a")
+            copy.save(folder/f"{name}_{kind}{suffix}", **options)
+            expected[f"{folder.name}/{name}_{kind}{suffix}"] = (kind, f"{'a' if i % 2 else 'b'}/{name}.jpg")
+    report = clean(data, dry_run=True)
+    pairs = {frozenset((r.path, r.duplicate_of)) for r in report.itertuples()}
+    assert all(frozenset(pair) in pairs for pair in [(c, s) for c, (k, s) in expected.items()]), report
+    assert len(report) == len(expected), report
+
+
+def test_command_line_reports_moves_and_restores(dataset, tmp_path):
+    data = tmp_path/"DATA"
+    shutil.copytree(dataset[0], data)
+    before = _snapshot(data)
+    dry = subprocess.run(["trendyol-clean", str(data), "--dry-run"], capture_output=True, text=True, check=True)
+    assert "near_duplicate" in dry.stdout and "to move" in dry.stdout
+    report = pd.read_csv(data/"clean_report.csv")
+    assert len(report) == 30 and set(report.action) == {"would move"}
+    subprocess.run(["trendyol-clean", str(data), "--report", str(tmp_path/"r.csv")], check=True, capture_output=True)
+    assert len(pd.read_csv(tmp_path/"r.csv")) == 30
+    back = subprocess.run(["trendyol-clean", str(data), "--restore"], capture_output=True, text=True, check=True)
+    assert "restored 30 of 30" in back.stdout
+    after = _snapshot(data)
+    assert all(after[k] == v for k, v in before.items() if k != "clean_report.csv")
+
+
+def test_bad_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="one sub-folder of images per class"): clean(tmp_path/"missing")
