@@ -8,6 +8,7 @@ Docs: https://trendyol-clf.github.io/trendyol-clf/app.html.md"""
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 import sys
 import subprocess
@@ -16,19 +17,20 @@ import urllib.request
 from pathlib import Path
 
 import pandas as pd
-from fastcore.script import call_parse
+from fastcore.script import anno_parser
 
 try: import streamlit as st
 except ImportError as error:
     raise ImportError("The app needs Streamlit: pip install 'trendyol-clf[app]'") from error
 from streamlit.runtime.scriptrunner import get_script_run_ctx
 
-from .train import load_predictor
-from .widgets import ImageInputError, classify_images, fetch_image
+# module imports, not `from` imports: Streamlit runs this file as a script, outside the package
+import trendyol_clf.train as train
+import trendyol_clf.widgets as widgets
 
 # %% auto #0
 __all__ = ['MODEL_VARIABLE', 'UPLOAD_LIMIT_VARIABLE', 'DEFAULT_UPLOAD_MB', 'cached_predictor', 'upload_limit_bytes', 'page',
-           'app_command', 'app_environment', 'app_cli', 'wait_until_healthy', 'AppServer']
+           'app_command', 'app_environment', 'serve_app', 'app_cli', 'wait_until_healthy', 'AppServer']
 
 # %% ../nbs/05_app.ipynb #eb53d7b0
 MODEL_VARIABLE = "TRENDYOL_CLF_MODEL"                 # environment variable naming the model file
@@ -39,7 +41,7 @@ DEFAULT_UPLOAD_MB = 10
 def cached_predictor(model: str # path of `model.pkl`, `model.json` or `model.safetensors`
                     ):
     "The `Predictor` of `model`, loaded once per process"
-    return load_predictor(model)
+    return train.load_predictor(model)
 
 def upload_limit_bytes() -> int:
     "The largest upload the app accepts, from `TRENDYOL_CLF_MAX_UPLOAD_MB`"
@@ -51,12 +53,13 @@ def _inputs(files, address, limit):
     items = []
     for upload in files or []:
         if upload.size > limit:
-            items.append((upload.name, ImageInputError(f"{upload.name} is {upload.size/2**20:.1f} MB, more "
-                                                       f"than the {limit/2**20:.0f} MB accepted: upload a smaller photo")))
+            message = (f"{upload.name} is {upload.size/2**20:.1f} MB, more than the {limit/2**20:.0f} MB "
+                       "accepted: upload a smaller photo")
+            items.append((upload.name, widgets.ImageInputError(message)))
         else: items.append((upload.name, upload.getvalue()))
     if address.strip():
-        try: items.append((address.strip(), fetch_image(address, max_bytes=limit)))
-        except ImageInputError as error: items.append((address.strip(), error))
+        try: items.append((address.strip(), widgets.fetch_image(address, max_bytes=limit)))
+        except widgets.ImageInputError as error: items.append((address.strip(), error))
     return items
 
 def _show(result):
@@ -93,7 +96,7 @@ def page(model: str=None): # path of the model; `TRENDYOL_CLF_MODEL` when not gi
     if not items:
         st.info("Upload photos or paste the address of an image to see what the model makes of them.")
         return
-    for result in classify_images(predictor, items, top_k, max_bytes=limit):
+    for result in widgets.classify_images(predictor, items, top_k, max_bytes=limit):
         with st.container(border=True): _show(result)
 
 # %% ../nbs/05_app.ipynb #48def588
@@ -117,19 +120,24 @@ def app_environment(model: Path,               # path of `model.pkl`, `model.jso
     return {**os.environ, MODEL_VARIABLE: str(model), UPLOAD_LIMIT_VARIABLE: str(max_upload_mb),
             "STREAMLIT_BROWSER_GATHER_USAGE_STATS": "false"}
 
-@call_parse
-def app_cli(model: str,                         # model.pkl, model.json or model.safetensors
-            port: int=8501,                      # port to listen on
-            address: str="127.0.0.1",            # address to listen on; 0.0.0.0 shares the app on the network
-            max_upload_mb: int=DEFAULT_UPLOAD_MB, # largest upload accepted, in MB
-           ):
-    "Serve the classifier web app for `model` with Streamlit"
+def serve_app(model: str,                          # model.pkl, model.json or model.safetensors
+              port: int=8501,                      # port to listen on
+              address: str="127.0.0.1",            # address to listen on; 0.0.0.0 shares it on the network
+              max_upload_mb: int=DEFAULT_UPLOAD_MB, # largest upload accepted, in MB
+             ):
+    "Serve the classifier web app for `model` with Streamlit, replacing this process"
     try: environment = app_environment(model, max_upload_mb)
     except FileNotFoundError as error: sys.exit(str(error))
     command = app_command(port, address, max_upload_mb)
     print(f"Serving {model} at http://{address}:{port}", flush=True)
     if os.name == "posix": os.execve(sys.executable, command, environment)
     sys.exit(subprocess.call(command, env=environment))
+
+def app_cli():
+    "The `trendyol-app` command: `serve_app` with its arguments from the command line"
+    # not `@call_parse`: Streamlit runs this file as `__main__`, where `call_parse` would start the CLI
+    given = vars(anno_parser(serve_app, prog="trendyol-app").parse_args())
+    serve_app(**{name: given[name] for name in inspect.signature(serve_app).parameters})
 
 # %% ../nbs/05_app.ipynb #a18a9f4d
 def wait_until_healthy(url: str,        # the app's base address, such as `http://127.0.0.1:8501`
@@ -175,5 +183,5 @@ class AppServer:
 
 # %% ../nbs/05_app.ipynb #49300fc0
 if __name__ == "__main__" and get_script_run_ctx(suppress_warning=True) is not None:
-    from trendyol_clf.app import page as _page
-    _page()
+    import trendyol_clf.app
+    trendyol_clf.app.page()

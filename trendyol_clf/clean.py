@@ -296,14 +296,15 @@ class MediaPipePose:
                  min_visibility: float=0.8,  # landmark visibility from which a landmark counts
                  min_landmarks: int=12,      # visible landmarks (of 33) from which a body is seen
                  min_face_score: float|None=0.7, # face detection score also required; `None`: pose alone
+                 min_face_alone: float|None=0.8, # face score that shows a person even without a pose
                  side: int=512,              # longest side the photo is scaled down to first
                 ):
         try: from mediapipe.python.solutions import face_detection, pose
         except ImportError as error:
             raise ImportError("The person check needs MediaPipe 0.10: pip install 'trendyol-clf[people]' "
                               "(or pip install 'mediapipe==0.10.21')") from error
-        self.min_visibility, self.min_landmarks, self.min_face_score = min_visibility, min_landmarks, min_face_score
-        self.side = side
+        self.min_visibility, self.min_landmarks = min_visibility, min_landmarks
+        self.min_face_score, self.min_face_alone, self.side = min_face_score, min_face_alone, side
         self.pose = pose.Pose(static_image_mode=True, model_complexity=1, min_detection_confidence=0.5)
         self.faces = face_detection.FaceDetection(model_selection=1, min_detection_confidence=0.5)
 
@@ -324,8 +325,11 @@ class MediaPipePose:
         return max((float(d.score[0]) for d in found), default=0.0)
 
     def __call__(self, image: Image.Image) -> bool:
+        face = self.face_score(image) if self.min_face_alone is not None else None
+        if face is not None and face >= self.min_face_alone: return True
         if int((self.visibilities(image) >= self.min_visibility).sum()) < self.min_landmarks: return False
-        return self.min_face_score is None or self.face_score(image) >= self.min_face_score
+        if self.min_face_score is None: return True
+        return (self.face_score(image) if face is None else face) >= self.min_face_score
 
 # %% ../nbs/02_clean.ipynb #498d6003
 class TorchvisionPerson:

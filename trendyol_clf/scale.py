@@ -23,7 +23,7 @@ from fastcore.script import call_parse
 from .clean import find_duplicates, inspect_image, list_images
 from .core import Catalogue, Category
 from .scrape import (DEFAULT_API_BASES, DEFAULT_CDN_BASE, MANIFEST_COLUMNS, FetchError, Fetcher,
-                     image_url, list_products, parse_page, search_url)
+                     list_products, parse_page, search_url)
 import trendyol_clf.scrape as _scrape
 
 # %% auto #0
@@ -83,15 +83,15 @@ def scrape_shard(shard: Shard,                 # the shard to scrape
                  timeout: float=30,            # seconds to wait for a server
                 ) -> dict:
     "Scrape `shard` into `work/<shard.name>/`; counts of its photos by status"
-    dest, api_bases = Path(work)/shard.name, _scrape._api_bases(api_base)
-    dest.mkdir(parents=True, exist_ok=True)
+    dest, api_bases = Path(work)/shard.name, _scrape._Hosts(api_base).order()
     fetcher = Fetcher(workers, workers, max_rate, retries, timeout)
-    pages = _shifted_pages(shard, api_bases, fetcher)
-    cards = list_products(pages, shard.stop - shard.start)
-    jobs = [_scrape._Job(shard.category, card, k, image_url(path, cdn_base, image_size))
-            for card in cards for k, path in enumerate(card.images[:max_images], start=1)]
-    summary = _scrape._download_all(jobs, dest, {shard.category: cards}, {}, fetcher, workers,
-                                    image_size, False)
+    cards = list_products(_shifted_pages(shard, api_bases, fetcher), shard.stop - shard.start)
+    run = _scrape._Run(dest, fetcher, image_size, cdn_base, max_images, workers, show_progress=False)
+    try:
+        run.download(shard.category, cards)
+        run.wait()
+    finally: run.close()
+    summary = run.summary([shard.category])
     counts = summary.iloc[0][["products", "ok", "skipped", "failed"]].astype(int).to_dict()
     return dict(shard=shard.name, **counts)
 

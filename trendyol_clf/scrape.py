@@ -482,11 +482,16 @@ class _Run:
 
     def listed(self, category, future):
         "Record the listing of `category` and start downloading its photos"
-        try: self.cards[category] = cards = future.result()
+        try: cards = future.result()
         except (FetchError, SearchPageError) as error:
             self.cards[category], self.errors[category] = [], str(error)
             warnings.warn(f"Could not list {category.folder} ({category.slug}): {error}")
             return
+        self.download(category, cards)
+
+    def download(self, category, cards):
+        "Start downloading the photos of `cards`, listed in `category`"
+        self.cards[category] = cards
         folder = self.dest/category.folder
         folder.mkdir(exist_ok=True); _clear_parts(folder)
         present = _files_by_stem(folder)
