@@ -1,7 +1,17 @@
-"Fixtures shared by the pytest suite: where the shared test material is"
+"Fixtures shared by the pytest suite: where the shared test material is, and a clean `__main__`"
+import sys
+
 import pytest
 
 from trendyol_clf.core import shared_path
+
+
+@pytest.fixture(autouse=True)
+def keep_main_module():
+    "Put pytest's `__main__` back after each test: Streamlit's `AppTest` replaces it and leaves its own"
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
 
 
 @pytest.fixture(scope="session")

@@ -81,7 +81,8 @@ def page(model: str=None): # path of the model; `TRENDYOL_CLF_MODEL` when not gi
     st.title("Clothing classifier")
     model = model or os.environ.get(MODEL_VARIABLE)
     if not model:
-        st.error(f"No model: start the app with `trendyol-app MODEL`, or set {MODEL_VARIABLE} to a model.pkl or model.json")
+        st.error(f"No model: start the app with `trendyol-app MODEL`, or set {MODEL_VARIABLE} to a "
+                 "model.pkl or model.json")
         return
     try: predictor = cached_predictor(str(model))
     except (OSError, ValueError, RuntimeError, KeyError) as error:
@@ -108,7 +109,8 @@ def app_command(port: int=8501,           # port to listen on
     script = importlib.util.find_spec("trendyol_clf.app").origin
     return [sys.executable, "-m", "streamlit", "run", script, "--server.port", str(port),
             "--server.address", address, "--server.headless", "true", "--server.maxUploadSize", str(max_upload_mb),
-            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none", "--global.developmentMode", "false"]
+            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+            "--global.developmentMode", "false"]
 
 def app_environment(model: Path,               # path of `model.pkl`, `model.json` or `model.safetensors`
                     max_upload_mb: int=DEFAULT_UPLOAD_MB, # largest upload accepted, in MB

@@ -164,7 +164,8 @@ def _check_picture(path: Path) -> tuple[np.ndarray, np.ndarray, float]:
     width, height = img.info["full_size"]
     square = _gray(img, _CHECK_SIDE)
     small = np.asarray(square.resize((_CHECK_SIDE//2, _CHECK_SIDE//2), Image.BOX), dtype=np.float32)
-    detail = np.asarray(square, dtype=np.float32) - np.asarray(square.filter(ImageFilter.GaussianBlur(3)), dtype=np.float32)
+    blurred = square.filter(ImageFilter.GaussianBlur(3))
+    detail = np.asarray(square, dtype=np.float32) - np.asarray(blurred, dtype=np.float32)
     return small, detail, width/height
 
 def _sample(pixels: np.ndarray, # a square picture
@@ -221,7 +222,8 @@ def similarity(first: Path|tuple, # an image file, or its `_check_picture`
     whole = float(_sample(detail_a, _WHOLE, 48)[0] @ _sample(detail_b, _WHOLE, 48)[0])
     if whole >= 0.95: return whole
     one, other, ratio = (small_a, detail_a), (small_b, detail_b), ratio_b/ratio_a
-    (box, score), (box_swapped, score_swapped) = _best_crop(small_a, small_b, ratio), _best_crop(small_b, small_a, 1/ratio)
+    box, score = _best_crop(small_a, small_b, ratio)
+    box_swapped, score_swapped = _best_crop(small_b, small_a, 1/ratio)
     if score_swapped > score: one, other, box = other, one, box_swapped
     target = _sample(other[1], _WHOLE, 48)[0]
     for step in (.01, .005):
@@ -422,7 +424,8 @@ def restore(data: Path, # the dataset folder whose `_removed/log.jsonl` is repla
 
 # %% ../nbs/02_clean.ipynb #b50a4ae8
 ISSUES = ("empty", "not_image", "corrupt", "too_small", "duplicate", "near_duplicate", "conflict", "person")
-REPORT_COLUMNS = ["path", "class", "issue", "duplicate_of", "similarity", "detail", "width", "height", "bytes", "action"]
+REPORT_COLUMNS = ["path", "class", "issue", "duplicate_of", "similarity", "detail", "width", "height",
+                  "bytes", "action"]
 
 def _inspect_all(data: Path, images: list[Path], min_side: int, workers: int|None) -> list[dict]:
     "`inspect_image` of every image, in threads, with `path` and `class` added"
@@ -463,7 +466,7 @@ def clean(data: Path, # dataset folder laid out as `data/<class>/<image>`
           workers: int|None=None, # threads decoding images; one per core when `None`
           exact_search_below: int=20_000, # exact neighbour search below this many images, HNSW above
          ) -> pd.DataFrame:
-    "Find broken, duplicate, conflicting (and with `people` person) images of `data`, move them to `_removed/` unless `dry_run`"
+    "Find broken, duplicate, conflicting (and person) images of `data`; move them to `_removed/`"
     data = Path(data)
     images = list_images(data)
     rows = _inspect_all(data, images, min_side, workers)

@@ -1,4 +1,4 @@
-"""Scrape, clean, train, evaluate and export in one go, resuming after a crash; and the same chain offline against the fake Trendyol
+"""Scrape, clean, train, evaluate and export in one go, resuming after a crash; offline with a fake Trendyol
 
 Docs: https://trendyol-clf.github.io/trendyol-clf/pipeline.html.md"""
 
@@ -129,7 +129,7 @@ def _resolve(categories, catalogue: Catalogue) -> list:
 
 # %% ../nbs/06_pipeline.ipynb #8018d88f
 def run_pipeline(dest: Path,                    # output folder: `data/`, `models/`, `pipeline.json` go here
-                 categories=None,               # categories by folder, label or slug (list or comma-separated); all of `catalogue` when `None`
+                 categories=None,               # folders, labels or slugs (list or comma-separated); all when `None`
                  max_products: int=100,         # most products per category
                  max_images: int=3,             # most photos per product
                  image_size: int=400,           # width of the downloaded photos
@@ -142,7 +142,7 @@ def run_pipeline(dest: Path,                    # output folder: `data/`, `model
                  people: bool=False,            # also remove photos showing a person
                  api_base=DEFAULT_API_BASES,    # search API host(s)
                  cdn_base: str=DEFAULT_CDN_BASE,# image CDN host
-                 catalogue: Catalogue=None,     # where category names are looked up; the ten men's categories when `None`
+                 catalogue: Catalogue=None,     # where names are looked up; the ten men's categories when `None`
                  workers: int=16,               # download threads
                  seed: int=42,                  # seed of the split and the training
                  show_progress: bool=True,      # show progress bars
@@ -154,7 +154,8 @@ def run_pipeline(dest: Path,                    # output folder: `data/`, `model
     catalogue = catalogue or Catalogue()
     chosen = _resolve(categories, catalogue)
 
-    settings = dict(folders=[c.folder for c in chosen], max_products=max_products, max_images=max_images, image_size=image_size)
+    settings = dict(folders=[c.folder for c in chosen], max_products=max_products, max_images=max_images,
+                    image_size=image_size)
     scraped = records.finished("scrape", settings)
     if scraped is None:
         table = scrape(data, chosen, max_products, max_images, image_size, api_base, cdn_base, workers,
@@ -207,7 +208,7 @@ def demo_images() -> Path:
     return Path(trendyol_clf.__file__).parent/"data"/"demo"
 
 def run_demo(out: Path="trendyol-demo",    # output folder of the run
-             images: Path=None,            # labelled photos `images/<class>/*.jpg` to serve; the packaged sample when `None`
+             images: Path=None,            # labelled photos `images/<class>/*.jpg`; the packaged sample when `None`
              arch: str="mobilenet_v2",     # network to fine-tune
              size: int=128,                # training image size
              epochs: int=3,                # training epochs after the head's
@@ -236,7 +237,7 @@ def _run_cli(run):
 
 @call_parse
 def pipeline_cli(dest: str,                   # output folder
-                 categories: str=None,        # comma-separated folders, labels or slugs; the ten men's categories when not given
+                 categories: str=None,        # comma-separated folders, labels or slugs; the ten men's by default
                  max_products: int=100,       # most products per category
                  max_images: int=3,           # most photos per product
                  arch: str="resnet50",        # network to fine-tune

@@ -202,7 +202,7 @@ def _plan(categories, max_products, shard_size):
 
 @call_parse
 def scrape_shards_cli(dest: str,                 # dataset folder; parts go to DEST/_parts/<shard>/
-                      categories: str=None,      # comma-separated folders, labels or slugs; the ten men's categories when not given
+                      categories: str=None,      # comma-separated folders, labels or slugs; the ten men's by default
                       max_products: int=100,     # most products per category
                       shard_size: int=50,        # products per shard
                       max_images: int=5,         # most photos per product
@@ -296,7 +296,8 @@ def _distributed_parts():
 
     class GlooTrainer(DistributedTrainer):
         "fastai's `DistributedTrainer`, with `PortableDL` loaders"
-        def _wrap_dl(self, dl): return dl if isinstance(dl, DistributedDL) else PortableDL(dl, device=self.learn.model.device)
+        def _wrap_dl(self, dl):
+            return dl if isinstance(dl, DistributedDL) else PortableDL(dl, device=self.learn.model.device)
 
     class DistributedResize(ProgressiveResize):
         "`ProgressiveResize` reaching through a `DistributedDL` to the batch transforms it wraps"

@@ -127,7 +127,7 @@ class Classified:
     error: str | None = None                # why it could not be classified
 
 def classify_images(predictor,                     # anything with `classes` and `predict`
-                    items: list,                   # `(name, bytes)` pairs, or `(name, ImageInputError)` for inputs that failed earlier
+                    items: list,                   # `(name, bytes)`, or `(name, ImageInputError)` pairs
                     top_k: int=3,                  # labels per photo
                     max_bytes: int=MAX_IMAGE_BYTES, # larger photos are refused
                    ) -> list[Classified]:
