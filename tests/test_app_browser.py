@@ -62,5 +62,10 @@ def test_upload_a_photo_and_see_its_label(served, browser_page, tiny_model, tmp_
     page.locator('input[type="file"]').set_input_files([str(hat), str(tmp_path/"notes.txt")])
     page.get_by_text(f"{label}: {probability:.0%}").wait_for(timeout=120_000)
     page.get_by_text("notes.txt is not an image").wait_for(timeout=30_000)
+    photo = page.locator(f'img[alt="{hat.name}"], img[title="{hat.name}"]').first
+    if not photo.count(): photo = page.locator('[data-testid="stImage"] img').first
+    photo.wait_for(timeout=30_000)
+    loaded = photo.evaluate("img => img.complete && img.naturalWidth > 0 ? img.naturalWidth : 0")
+    assert loaded > 0, "the uploaded photo is shown as a broken image: the server did not serve it"
     page.screenshot(path=str(tmp_path/"app.png"), full_page=True)
     assert (tmp_path/"app.png").stat().st_size > 10_000
