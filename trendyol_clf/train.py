@@ -603,12 +603,22 @@ def train_classifier(data: Path,                 # dataset folder: `DATA/<class>
     resize = ProgressiveResize([round(size*3/4/8)*8]*small_epochs + [size], size)
     callbacks = [resize] + ([SaveModelCallback(monitor="accuracy", fname="best")] if keep_best else [])
     with _temporary_model_dir(learn):
+        head_accuracy = None
         if pretrained and head_epochs:
-            history.rows.append(dict(epoch="head", accuracy=fit_head(learn, head_epochs, lr=1.5*lr), frozen=True))
+            head_accuracy = fit_head(learn, head_epochs, lr=1.5*lr)
+            history.rows.append(dict(epoch="head", accuracy=head_accuracy, frozen=True))
+            learn.save("head", with_opt=False)
         if pretrained and freeze_epochs:
             learn.fit_one_cycle(freeze_epochs, slice(lr), pct_start=0.99, cbs=callbacks)
         learn.unfreeze()
         if epochs: learn.fit_one_cycle(epochs, slice(lr/2/100, lr/2), pct_start=0.3, div=5.0, cbs=callbacks)
+        learn.kept = "last epoch"
+        if keep_best:
+            fitted = [row["accuracy"] for row in history.rows if isinstance(row["epoch"], int)]
+            learn.kept = "best epoch"
+            if head_accuracy is not None and (not fitted or head_accuracy > max(fitted)):
+                learn.load("head", with_opt=False)
+                learn.kept = "head"
     learn.history = history.table
     learn.remove_cb(history)
     if out is not None: export_model(learn, out)
@@ -765,6 +775,7 @@ def train_cli(data: str,                # dataset folder: `DATA/<class>/*` or `D
                              weights=weights, pretrained=pretrained, out=out, seed=seed,
                              lr=lr if lr == "find" else float(lr))
     print(learn.history.to_string(index=False))
+    print(f"kept: the {learn.kept}")
     print(f"learning rate: {learn.chosen_lr:.2e}")
     if tta: print(f"validation accuracy with flip TTA: {_validation_accuracy(learn, tta=True):.4f}")
     print(f"wrote {out}, {Path(out).with_suffix('.safetensors')} and {Path(out).with_suffix('.json')}")
