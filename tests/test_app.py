@@ -1,15 +1,13 @@
 "The Streamlit app under Streamlit's own test harness: uploads, addresses, limits, one model load"
-import http.server
 import shutil
 import subprocess
-import threading
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 import trendyol_clf.app as app
 from trendyol_clf.train import load_predictor
-from test_widgets import Pages, photos, png_of_camera, tiny_model  # noqa: F401 (fixtures)
+from test_widgets import photos, png_of_camera, tiny_model, web  # noqa: F401 (fixtures)
 
 
 def app_script():
@@ -23,14 +21,6 @@ def page(tiny_model, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv(app.MODEL_VARIABLE, str(tiny_model.with_suffix(".json")))
     return AppTest.from_function(app_script, default_timeout=120).run()
-
-
-@pytest.fixture(scope="module")
-def web():
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Pages)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_port}"
-    server.shutdown()
 
 
 def test_first_page_lists_the_classes_and_invites_an_upload(page):
