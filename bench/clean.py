@@ -173,7 +173,8 @@ def main():
         table = pd.DataFrame(rows).set_index("tool")
         with pd.option_context("display.width", 250, "display.max_columns", 30, "display.precision", 3):
             print(table.drop(columns=["seconds"], errors="ignore").to_string())
-        if wrong: print("pairs between two original photos (not injected):", sorted(tuple(sorted(p)) for p in wrong)[:10])
+        if wrong:
+            print("pairs between two original photos (not injected):", sorted(tuple(sorted(p)) for p in wrong)[:10])
         small = work/"SMALL"
         build(small, args.photos//2, args.copies//2, seed=1)
         sizes, times = [], []

@@ -44,9 +44,10 @@ def sample_photos(dest: Path, count: int) -> Path:
 
 def hashing(data: Path) -> list[dict]:
     "Photos/s of the cleaner's per-photo work in one process and on a two-worker cluster"
-    photos = len(list_images(data))
+    images = list_images(data)
+    photos = len(images)
     started = time.perf_counter()
-    _inspect_all(data, list_images(data), 64, None)
+    _inspect_all(data, images, 64, None)
     one = time.perf_counter() - started
     started = time.perf_counter()
     client, cluster = _client(None, 2)

@@ -1,4 +1,4 @@
-"The whole chain offline: fake Trendyol with faults → scrape → clean → train → evaluate → predict, and resuming"
+"The whole chain offline: fake Trendyol with faults, scrape, clean, train, evaluate, predict; and resuming"
 import csv
 import shutil
 import subprocess

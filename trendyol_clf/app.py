@@ -110,7 +110,8 @@ def app_command(port: int=8501,           # port to listen on
     script = importlib.util.find_spec("trendyol_clf.app").origin
     return [sys.executable, "-m", "streamlit", "run", script, "--server.port", str(port),
             "--server.address", address, "--server.headless", "true", "--server.maxUploadSize", str(max_upload_mb),
-            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none", "--client.toolbarMode", "minimal",
+            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+            "--client.toolbarMode", "minimal",
             "--global.developmentMode", "false"]
 
 def app_environment(model: Path,               # path of `model.pkl`, `model.json` or `model.safetensors`

@@ -612,13 +612,11 @@ def train_classifier(data: Path,                 # dataset folder: `DATA/<class>
             learn.fit_one_cycle(freeze_epochs, slice(lr), pct_start=0.99, cbs=callbacks)
         learn.unfreeze()
         if epochs: learn.fit_one_cycle(epochs, slice(lr/2/100, lr/2), pct_start=0.3, div=5.0, cbs=callbacks)
-        learn.kept = "last epoch"
-        if keep_best:
-            fitted = [row["accuracy"] for row in history.rows if isinstance(row["epoch"], int)]
-            learn.kept = "best epoch"
-            if head_accuracy is not None and (not fitted or head_accuracy > max(fitted)):
-                learn.load("head", with_opt=False)
-                learn.kept = "head"
+        fitted = [row["accuracy"] for row in history.rows if isinstance(row["epoch"], int)]
+        learn.kept = "best epoch" if keep_best else "last epoch"
+        if keep_best and head_accuracy is not None and (not fitted or head_accuracy > max(fitted)):
+            learn.load("head", with_opt=False)
+            learn.kept = "head"
     learn.history = history.table
     learn.remove_cb(history)
     if out is not None: export_model(learn, out)
