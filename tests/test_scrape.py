@@ -154,7 +154,8 @@ def test_a_killed_run_leaves_no_partial_photo_and_loses_no_row(photos, tmp_path)
     with FakeTrendyol(photos, latency=0.05) as fake:
         child = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(photos), str(tmp_path), fake.api_base])
         manifest, start = tmp_path/"manifest.csv", time.monotonic()
-        while time.monotonic() - start < 60 and (not manifest.exists() or len(manifest.read_text().splitlines()) < 20):
+        # 21 lines: the header and the 20 rows the assertion below expects before the kill
+        while time.monotonic() - start < 60 and (not manifest.exists() or len(manifest.read_text().splitlines()) < 21):
             time.sleep(0.05)
         child.send_signal(signal.SIGKILL); child.wait()
         table = read_manifest(tmp_path)
