@@ -3,7 +3,7 @@
     python bench/predict.py [--photos 200] [--model model.pkl | --out DIR] [--repeats 3] [--threads N]
                             [--no-browser]
 
-Without `--model` it fine-tunes MobileNetV2 at 224 px (head, then one epoch of the whole network) on
+Without `--model` it fine-tunes MobileNetV2 at 224 px (one pass over four cached views of each photo) on
 `--per-class` photos of each class of ../shared/data/clothing-small, about three minutes on two cores,
 and exports it with `export_model` (into `--out` to keep it). `--model` takes a `model.pkl` with the
 `model.json` + `model.safetensors` pair that `export_model` writes beside it. On `--photos` real photos
@@ -12,7 +12,7 @@ each path in turn (so that a change of load hits them all), and the median pass 
 
 1. `learn.predict`: `load_learner(model.pkl).predict(path)` once per photo, as most notebooks do;
 2. `Predictor.predict`: `load_predictor(model.json, bs=bs).predict(paths)`, batched, for each of
-   `--batch-sizes` (the library's default is 32);
+   `--batch-sizes` (the library's default is 16 on a CPU);
 3. `trendyol-predict model.json FOLDER --top-k 1` as a subprocess: its wall time with start-up, and
    without it, that is minus the wall time of the same command on a folder of one photo;
 4. the widget's path, `classify_images(as_predictor(model.json), items)` on the photos' raw bytes,
@@ -28,7 +28,6 @@ before quoting a figure, and try `--threads 1` on a shared one.
 """
 import argparse
 import contextlib
-import inspect
 import io
 import json
 import logging
@@ -265,7 +264,7 @@ def first_prediction_table(columns: dict) -> pd.DataFrame:
 def measure_paths(pickled: Path, config: Path, photos: list, work: Path, batch_sizes: list, repeats: int):
     "Print the photos/s of each path and how well it agrees with `learn.predict`; its probabilities, classes"
     n, items = len(photos), [(p.name, p.read_bytes()) for p in photos]
-    library_bs = inspect.signature(load_predictor).parameters["bs"].default
+    library_bs = load_predictor(config).bs  # what the library picks on this machine
     def default(bs): return ", the default" if bs == library_bs else ""
     classes = json.loads(config.read_text())["classes"]
     learn_predict, cli, cli_one = "learn.predict", "trendyol-predict", "trendyol-predict, one photo"
@@ -314,11 +313,11 @@ def main():
                         "a MobileNetV2 is trained when not given")
     parser.add_argument("--out", help="folder to keep the trained model in, for `--model` next time")
     parser.add_argument("--per-class", type=int, default=20, help="photos per class and split to train on")
-    parser.add_argument("--epochs", type=int, default=1, help="epochs of the whole network after the head")
+    parser.add_argument("--epochs", type=int, default=1, help="passes of the last blocks and the head over the cached views")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes of each path; the median counts")
     parser.add_argument("--threads", type=int, help="torch threads here and in the processes started; "
                         "torch's default when not given")
-    parser.add_argument("--batch-sizes", default="32,8,1", help="photos per network call of "
+    parser.add_argument("--batch-sizes", default="16,32,8,1", help="photos per network call of "
                         "`Predictor.predict` to time, comma-separated; the other paths use the default")
     parser.add_argument("--no-browser", action="store_true", help="skip the app in headless Chromium")
     args = parser.parse_args()

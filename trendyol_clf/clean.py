@@ -16,6 +16,7 @@ import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import faiss
 import imagehash
@@ -158,15 +159,23 @@ def candidate_pairs(infos: list[dict], # `inspect_image` results of the images t
 # %% ../nbs/02_clean.ipynb #b8d1bf5a
 _CHECK_SIDE = 96
 
-def _check_picture(path: Path) -> tuple[np.ndarray, np.ndarray, float]:
-    "The strict check's view of `path`: equalised 48×48 and high-pass 96×96 squares, and the aspect ratio"
+class _CheckPicture(NamedTuple):
+    "The strict check's view of an image, computed once however many pairs it is in"
+    small: np.ndarray  # equalised grayscale, 48×48
+    detail: np.ndarray # high-pass grayscale, 96×96
+    ratio: float       # width over height of the image
+    whole: np.ndarray  # unit vector of all of `detail`, sampled 48×48
+    target: np.ndarray # unit vector of all of `small`, sampled 24×24
+
+def _check_picture(path: Path) -> _CheckPicture:
+    "The strict check's view of `path`: equalised and high-pass squares, the aspect ratio, whole-picture vectors"
     img = _decode(path, draft_side=2*_CHECK_SIDE)
     width, height = img.info["full_size"]
     square = _gray(img, _CHECK_SIDE)
     small = np.asarray(square.resize((_CHECK_SIDE//2, _CHECK_SIDE//2), Image.BOX), dtype=np.float32)
     blurred = square.filter(ImageFilter.GaussianBlur(3))
     detail = np.asarray(square, dtype=np.float32) - np.asarray(blurred, dtype=np.float32)
-    return small, detail, width/height
+    return _CheckPicture(small, detail, width/height, _sample(detail, _WHOLE, 48)[0], _sample(small, _WHOLE, 24)[0])
 
 def _sample(pixels: np.ndarray, # a square picture
             boxes: np.ndarray,  # one crop box per row, `(left, top, right, bottom)` as fractions of the side
@@ -176,12 +185,12 @@ def _sample(pixels: np.ndarray, # a square picture
     n, steps = pixels.shape[0], (np.arange(side, dtype=np.float32) + .5)/side
     def axis(start, end):
         at = np.clip((start[:, None] + steps*(end - start)[:, None])*n - .5, 0, n - 1)
-        low = np.floor(at).astype(int)
-        return low, np.minimum(low + 1, n - 1), (at - low)
+        low = np.floor(at).astype(np.intp)
+        return low, np.minimum(low + 1, n - 1), (at - low).astype(np.float32)
     (x0, x1, fx), (y0, y1, fy) = axis(boxes[:, 0], boxes[:, 2]), axis(boxes[:, 1], boxes[:, 3])
-    fx, fy = fx[:, None, :], fy[:, :, None]
-    row = lambda y: pixels[y[:, :, None], x0[:, None, :]]*(1 - fx) + pixels[y[:, :, None], x1[:, None, :]]*fx
-    v = (row(y0)*(1 - fy) + row(y1)*fy).reshape(len(boxes), -1)
+    rows = pixels[y0]*(1 - fy[:, :, None]) + pixels[y1]*fy[:, :, None]  # whole rows first: cheap to gather
+    column = lambda x: np.take_along_axis(rows, np.broadcast_to(x[:, None, :], (len(boxes), side, side)), 2)
+    v = (column(x0)*(1 - fx[:, None, :]) + column(x1)*fx[:, None, :]).reshape(len(boxes), -1)
     v -= v.mean(1, keepdims=True)
     return v/(np.linalg.norm(v, axis=1, keepdims=True) + 1e-6)
 
@@ -202,33 +211,39 @@ def _dot(rows, vector):
 _WHOLE = np.array([[0, 0, 1, 1]], dtype=np.float32)
 _SHIFTS = np.array(np.meshgrid(*[(-1, 0, 1)]*4)).reshape(4, -1).T.astype(np.float32) # each edge in, out or kept
 
-def _best_crop(first: np.ndarray, second: np.ndarray, ratio: float) -> tuple[np.ndarray, float]:
-    "The crop box of picture `first` that best matches all of picture `second`, refined twice, and its score"
-    target = _sample(second, _WHOLE, 24)[0]
+def _coarse_crop(first: np.ndarray, target: np.ndarray, ratio: float) -> tuple[np.ndarray, float]:
+    "The box of `_crop_boxes(ratio)` of picture `first` that best matches the whole-picture vector `target`, its score"
     boxes = _crop_boxes(ratio)
-    for step in (0, .03, .015):
-        if step: boxes = np.clip(best + _SHIFTS*step, 0, 1)
-        scores = _dot(_sample(first, boxes, 24), target)
-        best = boxes[int(np.argmax(scores))]
-    return best, float(scores.max())
+    scores = _dot(_sample(first, boxes, 24), target)
+    return boxes[int(np.argmax(scores))], float(scores.max())
+
+def _refined_crop(first: np.ndarray, target: np.ndarray, box: np.ndarray) -> np.ndarray:
+    "`box` of picture `first` moved edge by edge, twice, to match the whole-picture vector `target` better"
+    for step in (.03, .015):
+        boxes = np.clip(box + _SHIFTS*step, 0, 1)
+        box = boxes[int(np.argmax(_dot(_sample(first, boxes, 24), target)))]
+    return box
 
 # %% ../nbs/02_clean.ipynb #f19541ae
+_REFINE_FROM = 0.5 # a crop box scoring less than this before refinement never reaches a match
+
 def similarity(first: Path|tuple, # an image file, or its `_check_picture`
                second: Path|tuple, # the other image file, or its `_check_picture`
               ) -> float:
     "How surely `first` and `second` are the same photo, one maybe cropped: high-pass correlation, 1 is identical"
-    (small_a, detail_a, ratio_a), (small_b, detail_b, ratio_b) = [
-        p if isinstance(p, tuple) else _check_picture(p) for p in (first, second)]
-    whole = float(_sample(detail_a, _WHOLE, 48)[0] @ _sample(detail_b, _WHOLE, 48)[0])
+    a, b = [p if isinstance(p, tuple) else _check_picture(p) for p in (first, second)]
+    whole = float(a.whole @ b.whole)
     if whole >= 0.95: return whole
-    one, other, ratio = (small_a, detail_a), (small_b, detail_b), ratio_b/ratio_a
-    box, score = _best_crop(small_a, small_b, ratio)
-    box_swapped, score_swapped = _best_crop(small_b, small_a, 1/ratio)
-    if score_swapped > score: one, other, box = other, one, box_swapped
-    target = _sample(other[1], _WHOLE, 48)[0]
+    box, score = _coarse_crop(a.small, b.target, b.ratio/a.ratio)
+    box_swapped, score_swapped = _coarse_crop(b.small, a.target, a.ratio/b.ratio)
+    one, other = (a, b) if score >= score_swapped else (b, a)
+    if score_swapped > score: box = box_swapped
+    box = _refined_crop(one.small, other.target, box)  # only in the direction the coarse search chose
+    detail = _dot(_sample(one.detail, box[None], 48), other.whole)
+    if detail[0] < _REFINE_FROM: return max(whole, float(detail[0]))
     for step in (.01, .005):
         boxes = np.clip(box + _SHIFTS*step, 0, 1)
-        detail = _dot(_sample(one[1], boxes, 48), target)
+        detail = _dot(_sample(one.detail, boxes, 48), other.whole)
         box = boxes[int(np.argmax(detail))]
     return max(whole, float(detail.max()))
 
@@ -261,6 +276,7 @@ def find_duplicates(data: Path, # the dataset folder
                     rows: list[dict], # one per image: `path` (relative to `data`), `class`, `inspect_image` fields
                     min_similarity: float=0.8, # strict-check score from which two images are one photo
                     exact_search_below: int=20_000, # exact neighbour search below this many images, HNSW above
+                    workers: int|None=None, # threads decoding images; one per core when `None`
                    ) -> list[dict]:
     "`issue`, `duplicate_of` and `similarity` for every image that repeats another kept one"
     good = [i for i, row in enumerate(rows) if row["issue"] is None]
@@ -269,12 +285,12 @@ def find_duplicates(data: Path, # the dataset folder
     exact = {(g[0], j) for g in by_digest.values() for j in g[1:]}
     proposed = candidate_pairs([rows[i] for i in good], exact_search_below=exact_search_below)
     proposed = {(good[a], good[b]) for a, b in proposed} - exact
-    pictures, scores = {}, {pair: 1.0 for pair in exact}
-    def picture(i):
-        if i not in pictures: pictures[i] = _check_picture(data/rows[i]["path"])
-        return pictures[i]
+    scores = {pair: 1.0 for pair in exact}
+    needed = sorted({i for pair in proposed for i in pair})
+    with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
+        pictures = dict(zip(needed, pool.map(lambda i: _check_picture(data/rows[i]["path"]), needed)))
     for a, b in progress_bar(sorted(proposed), leave=False):
-        score = similarity(picture(a), picture(b))
+        score = similarity(pictures[a], pictures[b])
         if score >= min_similarity: scores[(a, b)] = score
     usual_suffix = Counter(Path(rows[i]["path"]).suffix.lower() for i in good).most_common(1)[0][0] if good else ""
     found = []
@@ -471,7 +487,7 @@ def clean(data: Path, # dataset folder laid out as `data/<class>/<image>`
     images = list_images(data)
     rows = _inspect_all(data, images, min_side, workers)
     found = [dict(index=i, issue=row["issue"], detail=row["detail"]) for i, row in enumerate(rows) if row["issue"]]
-    for item in find_duplicates(data, rows, min_similarity, exact_search_below):
+    for item in find_duplicates(data, rows, min_similarity, exact_search_below, workers):
         rows[item["index"]]["issue"] = item["issue"]; found.append(item)
     if people: found += _find_people(data, rows, detector or MediaPipePose())
     table = [{**{k: rows[f["index"]][k] for k in ("path", "class", "width", "height", "bytes")},

@@ -135,7 +135,7 @@ def run_pipeline(dest: Path,                    # output folder: `data/`, `model
                  image_size: int=400,           # width of the downloaded photos
                  arch: str="resnet50",          # network to fine-tune
                  size: int=224,                 # training image size
-                 epochs: int=5,                 # training epochs after the head's
+                 epochs: int=5,                 # passes of the last blocks and head over the cached views
                  bs: int=64,                    # batch size
                  weights: Path=None,            # pretrained weights file; the torch cache when `None`
                  pretrained: bool=True,         # start from ImageNet weights
@@ -211,7 +211,7 @@ def run_demo(out: Path="trendyol-demo",    # output folder of the run
              images: Path=None,            # labelled photos `images/<class>/*.jpg`; the packaged sample when `None`
              arch: str="mobilenet_v2",     # network to fine-tune
              size: int=128,                # training image size
-             epochs: int=3,                # training epochs after the head's
+             epochs: int=3,                # passes of the last blocks and head over the cached views
              bs: int=32,                   # batch size
              weights: Path=None,           # pretrained weights file; the torch cache when `None`
              faults: bool=True,            # switch the fake server's faults on
@@ -242,7 +242,7 @@ def pipeline_cli(dest: str,                   # output folder
                  max_images: int=3,           # most photos per product
                  arch: str="resnet50",        # network to fine-tune
                  size: int=224,               # training image size
-                 epochs: int=5,               # training epochs after the head's
+                 epochs: int=5,               # passes of the last blocks and head over the cached views
                  bs: int=64,                  # batch size
                  weights: str=None,           # pretrained weights file; the torch cache otherwise
                  pretrained: bool=True,       # start from ImageNet weights (--no-pretrained: from scratch)
@@ -260,7 +260,7 @@ def demo_cli(out: str="trendyol-demo",  # output folder
              images: str=None,          # labelled photos DIR/<class>/*.jpg to serve; the packaged sample otherwise
              arch: str="mobilenet_v2",  # network to fine-tune
              size: int=128,             # training image size
-             epochs: int=3,             # training epochs after the head's
+             epochs: int=3,             # passes of the last blocks and head over the cached views
              weights: str=None,         # pretrained weights file; the torch cache otherwise
              no_faults: store_true=False, # serve without faults
             ):

@@ -7,10 +7,12 @@ Docs: https://trendyol-clf.github.io/trendyol-clf/train.html.md"""
 # %% ../nbs/03_train.ipynb #8eb12d5f
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import io
 import json
+import math
 import os
 import random
 import shutil
@@ -28,6 +30,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import torch
+import torch.fx.experimental.optimization  # adds `torch.fx.experimental.optimization.fuse`
 import torch.nn.functional as F
 import torchvision
 import fastai.callback.channelslast  # adds `Learner.to_channelslast`
@@ -37,6 +40,8 @@ import fastai.callback.schedule  # adds `fine_tune`, `fit_one_cycle` and `lr_fin
 from fastai.callback.core import Callback
 from fastai.callback.tracker import SaveModelCallback
 from fastai.data.block import CategoryBlock, DataBlock
+from fastai.data.core import DataLoaders
+from fastai.data.load import DataLoader
 from fastai.data.transforms import IndexSplitter, Normalize, parent_label
 from fastai.learner import Learner, load_learner
 from fastai.losses import LabelSmoothingCrossEntropyFlat
@@ -56,8 +61,9 @@ __all__ = ['IMAGE_EXTENSIONS', 'HEAD_CONFIG', 'FORMAT_VERSION', 'image_files', '
            'ImageCache', 'image_dataloaders', 'class_balance', 'register_arch', 'resolve_arch', 'MissingWeightsError',
            'cached_weights', 'find_weights', 'load_state_dict', 'create_learner', 'model_config', 'export_model',
            'build_model', 'Predictor', 'load_predictor', 'EpochHistory', 'ProgressiveResize', 'fit_head', 'suggest_lr',
-           'train_classifier', 'sample_dataset', 'labelled_images', 'evaluate', 'plot_confusion', 'plot_top_losses',
-           'compute_speed', 'pipeline_speed', 'train_cli', 'evaluate_cli', 'predict_cli']
+           'body_blocks', 'cache_activations', 'top_learner', 'train_classifier', 'sample_dataset', 'labelled_images',
+           'evaluate', 'plot_confusion', 'plot_top_losses', 'compute_speed', 'pipeline_speed', 'train_cli',
+           'evaluate_cli', 'predict_cli']
 
 # %% ../nbs/03_train.ipynb #87041c53
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -113,6 +119,11 @@ class ImageCache:
                  presize: int, # side of the square images fastai's `Resize` makes per item
                  method: str="crop"): # fastai `ResizeMethod` of that `Resize`
         self.presize, self.method, self.images = presize, method, {}
+
+    def get(self, path):
+        "The presized image of `path`: the cached one, or decoded now as a random-crop source"
+        found = self.images.get(Path(path))
+        return found if found is not None else self._decode(path, exact=False)
 
     def __call__(self, item):
         if isinstance(item, (str, Path)) and Path(item) in self.images: return self.images[Path(item)]
@@ -175,7 +186,7 @@ def image_dataloaders(data: Path,            # dataset folder: `DATA/<class>/*` 
                       batch_tfms=aug_transforms(size=size, min_scale=min_scale))
     workers = num_workers if num_workers is not None else 0 if cache else min(4, os.cpu_count() or 1)
     dls = block.dataloaders(files, bs=bs, num_workers=workers, seed=seed)
-    dls.split_kind = kind
+    dls.split_kind, dls.presize, dls.image_cache = kind, presize, get_x
     return dls
 
 def _filled_cache(files, valid_idx, presize):
@@ -400,13 +411,24 @@ def build_model(config: dict # the contents of a `model.json`
                                cut=config["cut"], **config["head"])
 
 # %% ../nbs/03_train.ipynb #15a7a63f
+def _cpu_network(model: torch.nn.Module) -> torch.nn.Module:
+    "A copy of `model` for CPU inference: batch norm folded into the convolutions, channels-last weights"
+    network = copy.deepcopy(model).eval()
+    try: network = torch.fx.experimental.optimization.fuse(network)
+    except Exception: pass  # a network that torch.fx cannot trace runs unfused, as fast as before
+    return network.to(memory_format=torch.channels_last)
+
 class Predictor:
     "Batched inference of a trained classifier on paths, PIL images or raw image bytes"
     def __init__(self,
                  model: torch.nn.Module, # the network, `Sequential(body, head)`
                  config: dict,           # the `model.json` description: classes, sizes, normalisation
-                 bs: int=32):            # photos per network call
-        self.model, self.config, self.bs = model.eval(), config, bs
+                 bs: int=None,           # photos per network call; 16 on a CPU, 64 on a GPU when not given
+                 workers: int=2):        # threads decoding the next photos while the network runs
+        self.model, self.config, self.workers = model.eval(), config, workers
+        on_cpu = next(model.parameters()).device.type == "cpu"
+        self.bs = bs or (16 if on_cpu else 64)
+        self.network = _cpu_network(self.model) if on_cpu else self.model
         self.classes, self.size = list(config["classes"]), config["size"]
         self.resize = Resize(config["item_size"], method=config["resize_method"])
         stats = [torch.tensor(config[k] or v).view(1, 3, 1, 1) for k, v in (("mean", [0.]*3), ("std", [1.]*3))]
@@ -439,15 +461,25 @@ class Predictor:
         "Class probabilities of `images`, one row per image, in the order of `classes`"
         device = next(self.model.parameters()).device
         rows, starts = [], range(0, len(images), self.bs)
-        with torch.inference_mode():
-            for start in progress_bar(starts, leave=False) if progress else starts:
-                chunk = images[start:start + self.bs]
-                x = self._batch([self._image(im, start + i) for i, im in enumerate(chunk)]).to(device)
-                logits = self.model(x).float()
-                probs = logits.softmax(-1)
-                if tta: probs = (probs + self.model(x.flip(-1)).float().softmax(-1))/2
+        with ThreadPoolExecutor(self.workers) as pool, torch.inference_mode():
+            batches = self._batches(images, starts, pool)
+            for x in progress_bar(batches, total=len(starts), leave=False) if progress else batches:
+                x = x.to(device)
+                if device.type == "cpu": x = x.contiguous(memory_format=torch.channels_last)
+                probs = self.network(x).float().softmax(-1)
+                if tta: probs = (probs + self.network(x.flip(-1)).float().softmax(-1))/2
                 rows.append(probs.cpu().numpy())
         return np.concatenate(rows) if rows else np.zeros((0, len(self.classes)), dtype=np.float32)
+
+    def _batches(self, images, starts, pool):
+        "Input tensors of the chunks of `images` from `starts`, the next ones decoded while the network runs"
+        def decode(start):
+            return self._batch([self._image(im, start + i) for i, im in enumerate(images[start:start + self.bs])])
+        ahead = collections.deque()
+        for start in starts:
+            ahead.append(pool.submit(decode, start))
+            if len(ahead) > self.workers: yield ahead.popleft().result()
+        while ahead: yield ahead.popleft().result()
 
     def predict(self,
                 images: list,      # paths, PIL images or raw bytes; one such item is also accepted
@@ -462,7 +494,7 @@ class Predictor:
 
 # %% ../nbs/03_train.ipynb #52dcf911
 def load_predictor(model,            # a `Learner`, or the path of `model.pkl`, `model.json` or `model.safetensors`
-                   bs: int=32,       # photos per network call
+                   bs: int=None,     # photos per network call; 16 on a CPU, 64 on a GPU when not given
                    cpu: bool=True,   # keep the network on the CPU even when a GPU is present
                   ) -> Predictor:
     "A `Predictor` for `model`, preferring the pickle-free files when they exist"
@@ -573,54 +605,187 @@ def _temporary_model_dir(learn):
         shutil.rmtree(learn.model_dir, ignore_errors=True)
         learn.model_dir = saved
 
+# %% ../nbs/03_train.ipynb #4d459e70
+def body_blocks(body: torch.nn.Module # a network body, such as `learn.model[0]`
+               ) -> list:
+    "The blocks of `body` in the order they run: its plain `nn.Sequential` containers opened up"
+    if type(body) is not torch.nn.Sequential: return [body]
+    return [block for child in body for block in body_blocks(child)]
+
+class _CachedViews(torch.utils.data.Dataset):
+    "Activations of the augmented views of each photo, `(views, photos, ...)`, as one item per view"
+    def __init__(self, activations, targets): self.activations, self.targets = activations, targets
+    def __len__(self): return self.activations.shape[0]*self.activations.shape[1]
+    def __getitem__(self, i): return self.batch(torch.tensor([i]))
+    def batch(self, indices):
+        "The items at `indices`, gathered in one indexing operation"
+        view, photo = indices//self.activations.shape[1], indices % self.activations.shape[1]
+        return self.activations[view, photo].float(), self.targets[photo]
+
+class _ViewsLoader(DataLoader):
+    "A fastai `DataLoader` of `_CachedViews` that gathers each batch at once rather than item by item"
+    def create_item(self, i): return i
+    def create_batch(self, indices): return self.dataset.batch(torch.as_tensor(indices))
+
+class _Top(torch.nn.Module):
+    "The trained part of the network: the last blocks of the body, then the head"
+    def __init__(self, blocks, head):
+        super().__init__()
+        self.blocks, self.head = torch.nn.Sequential(*blocks), head
+    def forward(self, x): return self.head(self.blocks(x.contiguous(memory_format=torch.channels_last)))
+
+def _augmented(image: Image.Image, # a presized training photo
+               size: int,          # side of the view
+               min_scale: float,   # smallest share of the photo's area the view keeps
+               seed: int,          # seed of this view's random choices
+              ) -> tuple:
+    "A random view of `image` as uint8 CHW: a crop of random area and shape, mirrored half the time; its lighting"
+    rng, (width, height) = random.Random(seed), image.size
+    for _ in range(10):
+        area, ratio = width*height*rng.uniform(min_scale, 1), math.exp(rng.uniform(math.log(3/4), math.log(4/3)))
+        w, h = math.sqrt(area*ratio), math.sqrt(area/ratio)
+        if w <= width and h <= height: break
+    else: w = h = min(width, height)
+    left, top = rng.uniform(0, width - w), rng.uniform(0, height - h)
+    view = image.convert("RGB").resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
+    if rng.random() < 0.5: view = view.transpose(Image.FLIP_LEFT_RIGHT)
+    return torch.from_numpy(np.array(view)).permute(2, 0, 1), rng.uniform(0.8, 1.25), rng.uniform(-0.1, 0.1)
+
+def _view_batches(dls, size, min_scale, views, seed, chunk, pool):
+    "Normalised batches of `views` random views of every training photo of `dls`, in order, with their targets"
+    files, cache = list(dls.train_ds.items), getattr(dls, "image_cache", None) or ImageCache(dls.presize)
+    targets = torch.tensor([dls.vocab.o2i[parent_label(f)] for f in files])
+    norm = next(t for t in dls.after_batch.fs if isinstance(t, Normalize))
+    mean, std = (torch.Tensor(s.cpu()).view(1, 3, 1, 1) for s in (norm.mean, norm.std))
+    def make(view, start):
+        chosen = range(start, min(start + chunk, len(files)))
+        made = [_augmented(cache.get(files[i]), size, min_scale, seed*1_000_003 + view*len(files) + i)
+                for i in chosen]
+        x = torch.stack([m[0] for m in made]).float()/255
+        contrast, brightness = (torch.tensor([m[k] for m in made]).view(-1, 1, 1, 1) for k in (1, 2))
+        x = ((x - 0.5)*contrast + 0.5 + brightness).clamp(0, 1)
+        return (x - mean)/std, targets[chosen.start:chosen.stop]
+    if pool is None:
+        yield from (make(view, start) for view in range(views) for start in range(0, len(files), chunk))
+        return
+    ahead = collections.deque()
+    for view in range(views):
+        for start in range(0, len(files), chunk):
+            ahead.append(pool.submit(make, view, start))
+            if len(ahead) > 2: yield ahead.popleft().result()
+    while ahead: yield ahead.popleft().result()
+
+def _store(prefix, batches, count, budget, chunk):
+    "Activations of `prefix` on `batches` (fp16, on the CPU) and their targets; `(None, None)` past `budget` bytes"
+    device, stored, targets, filled = next(prefix.parameters()).device, None, torch.empty(count, dtype=torch.long), 0
+    with torch.inference_mode():
+        for x, y in batches:
+            for part, part_y in zip(x.split(chunk), y.split(chunk)):
+                part = part.as_subclass(torch.Tensor).to(device).contiguous(memory_format=torch.channels_last)
+                out = prefix(part).half().cpu()
+                if stored is None:
+                    if count*out[0].numel()*2 > budget: return None, None
+                    stored = torch.empty((count, *out.shape[1:]), dtype=torch.float16)
+                stored[filled:filled + len(out)] = out
+                targets[filled:filled + len(out)] = part_y.as_subclass(torch.Tensor).cpu()
+                filled += len(out)
+    return stored, targets
+
+def cache_activations(learn: Learner,           # a learner whose body is pretrained, on `image_dataloaders`
+                      frozen_share: float=0.6, # share of the body's blocks kept frozen, whose output is cached
+                      views: int=4,            # augmented views of each training photo
+                      min_scale: float=0.35,   # smallest share of a photo's area a view keeps
+                      seed: int=42,            # seed of the views' random crops, flips and lighting
+                      memory_share: float=0.3, # most of the machine's memory the activations may take
+                      workers: int=0,          # threads making the next views while the network runs; 0: none
+                     ) -> dict|None:
+    "The frozen blocks' activations of `views` augmented views of each training photo and of the validation photos"
+    blocks, dls = body_blocks(learn.model[0]), learn.dls
+    device, photos = next(learn.model.parameters()).device, len(dls.train_ds)
+    chunk = 16 if device.type == "cpu" else 128  # small batches run fastest on a CPU
+    size = _final_size(dls, dls.presize)
+    for cut in range(max(1, round(frozen_share*len(blocks))), len(blocks)):
+        prefix = copy.deepcopy(torch.nn.Sequential(*blocks[:cut])).eval().to(memory_format=torch.channels_last)
+        started = time.perf_counter()
+        with ThreadPoolExecutor(workers) if workers else contextlib.nullcontext() as pool:
+            batches = _view_batches(dls, size, min_scale, views, seed, chunk, pool)
+            batches = progress_bar(batches, total=views*math.ceil(photos/chunk), leave=False)
+            train, targets = _store(prefix, batches, views*photos, memory_share*_memory_bytes(), chunk)
+        if train is None: continue
+        speed = views*photos/(time.perf_counter() - started)
+        valid = _store(prefix, dls.valid, len(dls.valid_ds), float("inf"), chunk)
+        return dict(cut=cut, train=(train.view(views, photos, *train.shape[1:]), targets[:photos]),
+                    valid=(valid[0][None], valid[1]), speed=speed, views=views)
+    return None
+
+def top_learner(learn: Learner, # the learner whose last blocks and head train
+                cached: dict,   # what `cache_activations` returns
+                bs: int=None,   # batch size; that of `learn.dls` when not given
+               ) -> Learner:
+    "A fastai `Learner` over the cached activations that trains the last blocks and the head of `learn` in place"
+    (train_x, train_y), (valid_x, valid_y) = cached["train"], cached["valid"]
+    bs = bs or learn.dls.bs
+    device = learn.dls.device
+    dls = DataLoaders(_ViewsLoader(_CachedViews(train_x, train_y), bs=bs, shuffle=True, drop_last=True, device=device),
+                      _ViewsLoader(_CachedViews(valid_x, valid_y), bs=2*bs, device=device), device=device)
+    top = _Top(body_blocks(learn.model[0])[cached["cut"]:], learn.model[1])
+    for parameter in top.parameters(): parameter.requires_grad_(True)
+    top_learn = Learner(dls, top, loss_func=learn.loss_func, metrics=accuracy,
+                        splitter=lambda m: [list(m.blocks.parameters()), list(m.head.parameters())])
+    if torch.cuda.is_available(): top_learn.to_fp16()
+    return top_learn
+
+# %% ../nbs/03_train.ipynb #3e051488
 def train_classifier(data: Path,                 # dataset folder: `DATA/<class>/*` or `DATA/{train,valid}/<class>/*`
                      arch: str="resnet50",        # torchvision model name, or a timm one
                      size: int=224,               # training image size
-                     epochs: int=5,               # epochs of the whole network
+                     epochs: int=5,               # passes of the last blocks and the head over every view
                      bs: int=64,                  # batch size
                      valid_pct: float=0.2,        # validation share when `data` has no `valid/` folder
                      weights: Path=None,          # explicit pretrained weights; the torch cache when not given
                      pretrained: bool=True,       # start from ImageNet weights
                      out: Path="model.pkl",       # where `export_model` writes; nothing is written when `None`
                      seed: int=42,                # seed of the split and the training
-                     lr: float|str=2e-3,          # peak learning rate, or `"find"` for the finder's suggestion
-                     head_epochs: int=8,          # epochs of the new head on features computed once
-                     freeze_epochs: int=0,        # then epochs of the head alone with augmented photos
-                     small_epochs: int=None,      # epochs at 3/4 of `size` first; half of `epochs` when not given
+                     lr: float|str=3e-3,          # peak learning rate of the head, or `"find"` for the finder's
+                     views: int=4,                # augmented views of each training photo, computed once
+                     frozen_share: float=0.6,     # share of the body's blocks kept frozen
+                     min_scale: float=0.35,       # smallest share of a photo an augmented view keeps
                      label_smoothing: float=0.1,  # label smoothing of the loss
                      cache: bool=True,            # decode every photo once and keep it in memory
                      keep_best: bool=True,        # end with the epoch of best validation accuracy
+                     show_progress: bool=True,    # progress bars and fastai's table of epochs
                     ) -> Learner:
     "Fine-tune `arch` on the photos of `data`, export it to `out`, and return the fastai `Learner`"
     set_seed(seed, reproducible=True)
-    dls = image_dataloaders(data, size=size, bs=bs, valid_pct=valid_pct, seed=seed, cache=cache)
+    dls = image_dataloaders(data, size=size, bs=bs, valid_pct=valid_pct, seed=seed, cache=cache,
+                            min_scale=min_scale)
     learn = create_learner(dls, arch, pretrained=pretrained, weights=weights, label_smoothing=label_smoothing)
-    lr = suggest_lr(learn) if lr == "find" else float(lr)
+    history, trainer = EpochHistory(), learn
+    cached = cache_activations(learn, frozen_share, views, min_scale, seed) if pretrained and epochs else None
+    if cached is not None:
+        trainer = top_learner(learn, cached, bs)
+        learn.cache_speed, learn.cut = cached["speed"], cached["cut"]
+    elif pretrained and epochs:
+        warnings.warn("The cached activations would not fit in memory: training on photos with the early "
+                      "blocks frozen, which is several times slower")
+        _freeze_blocks(learn, round(frozen_share*len(body_blocks(learn.model[0]))))
+    else: learn.unfreeze()
+    lr = suggest_lr(trainer) if lr == "find" else float(lr)
     learn.chosen_lr = lr
-    history = EpochHistory()
-    learn.add_cb(history)
-    small_epochs = epochs//2 if small_epochs is None else small_epochs
-    resize = ProgressiveResize([round(size*3/4/8)*8]*small_epochs + [size], size)
-    callbacks = [resize] + ([SaveModelCallback(monitor="accuracy", fname="best")] if keep_best else [])
-    with _temporary_model_dir(learn):
-        head_accuracy = None
-        if pretrained and head_epochs:
-            head_accuracy = fit_head(learn, head_epochs, lr=1.5*lr)
-            history.rows.append(dict(epoch="head", accuracy=head_accuracy, frozen=True))
-            learn.save("head", with_opt=False)
-        if pretrained and freeze_epochs:
-            learn.fit_one_cycle(freeze_epochs, slice(lr), pct_start=0.99, cbs=callbacks)
-        learn.unfreeze()
-        if epochs: learn.fit_one_cycle(epochs, slice(lr/2/100, lr/2), pct_start=0.3, div=5.0, cbs=callbacks)
-        fitted = [row["accuracy"] for row in history.rows if isinstance(row["epoch"], int)]
-        learn.kept = "best epoch" if keep_best else "last epoch"
-        if keep_best and head_accuracy is not None and (not fitted or head_accuracy > max(fitted)):
-            learn.load("head", with_opt=False)
-            learn.kept = "head"
-    learn.history = history.table
-    learn.remove_cb(history)
+    callbacks = [history] + ([SaveModelCallback(monitor="accuracy", fname="best")] if keep_best else [])
+    quiet = contextlib.nullcontext() if show_progress else trainer.no_bar()
+    with _temporary_model_dir(trainer), quiet, (contextlib.nullcontext() if show_progress else trainer.no_logging()):
+        if epochs: trainer.fit_one_cycle(epochs, slice(lr/3, lr) if pretrained else lr, cbs=callbacks)
+    learn.kept = "best epoch" if keep_best else "last epoch"
+    learn.history, learn.top_learner = history.table, trainer
     if out is not None: export_model(learn, out)
     return learn
+
+def _freeze_blocks(learn, count):
+    "Train everything of `learn` but the first `count` blocks of its body"
+    learn.unfreeze()
+    for block in body_blocks(learn.model[0])[:count]:
+        for parameter in block.parameters(): parameter.requires_grad_(False)
 
 # %% ../nbs/03_train.ipynb #31db5488
 def sample_dataset(source: Path,         # a dataset folder
@@ -662,7 +827,7 @@ def _per_class(confusion, classes):
 def evaluate(model,               # a `Learner`, `Predictor`, or the path of an exported model
              data: Path,          # labelled folder to measure on
              tta: bool=False,     # average each photo's probabilities with its mirror image's
-             bs: int=32,          # photos per network call
+             bs: int=None,        # photos per network call; 16 on a CPU when not given
             ) -> dict:
     "Accuracy, per-class table, confusion matrix and per-photo losses of `model` on `data`"
     predictor = model if isinstance(model, Predictor) else load_predictor(model, bs=bs)
@@ -757,21 +922,25 @@ def pipeline_speed(dls,             # `DataLoaders` to time
 def train_cli(data: str,                # dataset folder: `DATA/<class>/*` or `DATA/{train,valid}/<class>/*`
               arch: str="resnet50",     # torchvision model name, or a timm one
               size: int=224,            # training image size
-              epochs: int=5,            # epochs of the whole network after the head's
+              epochs: int=5,            # passes of the last blocks and the head over every augmented view
               bs: int=64,               # batch size
               valid_pct: float=0.2,     # validation share when DATA has no valid/ folder
               weights: str=None,        # pretrained weights file (.pth or .safetensors); the torch cache otherwise
               pretrained: bool=True,    # start from ImageNet weights (--no-pretrained: from scratch)
               out: str="model.pkl",     # the fastai pickle; model.safetensors and model.json go beside it
               seed: int=42,             # seed of the split and the training
-              lr: str="2e-3",           # base learning rate, or 'find' for the finder's suggestion
+              lr: str="3e-3",           # the head's peak learning rate, or 'find' for the finder's suggestion
+              views: int=4,             # augmented views of each training photo, computed once
               tta: bool=False,          # also report validation accuracy with flip TTA
              ):
     "Fine-tune an ImageNet network on the photos of DATA and export it"
     print(class_balance(data, valid_pct, seed).to_string(), flush=True)
     learn = train_classifier(data, arch=arch, size=size, epochs=epochs, bs=bs, valid_pct=valid_pct,
                              weights=weights, pretrained=pretrained, out=out, seed=seed,
-                             lr=lr if lr == "find" else float(lr))
+                             lr=lr if lr == "find" else float(lr), views=views)
+    if getattr(learn, "cut", None) is not None:
+        print(f"cached {views} augmented views of each training photo, the activations after block {learn.cut} "
+              f"of {len(body_blocks(learn.model[0]))}, at {learn.cache_speed:.1f} images/s")
     print(learn.history.to_string(index=False))
     print(f"kept: the {learn.kept}")
     print(f"learning rate: {learn.chosen_lr:.2e}")
@@ -787,7 +956,7 @@ def _validation_accuracy(learn, tta):
 def evaluate_cli(model: str,       # model.pkl, model.json or model.safetensors
                  data: str,        # labelled folder: DATA/<class>/*
                  tta: bool=False,  # average each photo with its mirror image
-                 bs: int=32,       # photos per network call
+                 bs: int=None,     # photos per network call; 16 on a CPU when not given
                 ):
     "Print per-class precision, recall and F1 of MODEL on DATA, then its accuracy"
     result = evaluate(model, data, tta=tta, bs=bs)

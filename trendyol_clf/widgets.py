@@ -146,11 +146,13 @@ def classify_images(predictor,                     # anything with `classes` and
 
 # %% ../nbs/04_widgets.ipynb #2a7925c0
 def _thumbnail(image: Image.Image, side: int=160) -> bytes:
-    "JPEG bytes of `image` shrunk to fit `side`"
-    small = image.copy()
+    "JPEG bytes of `image` shrunk to fit a white `side`×`side` square, centred, so that all cards line up"
+    small = image.convert("RGB")
     small.thumbnail((side, side))
+    square = Image.new("RGB", (side, side), "white")
+    square.paste(small, ((side - small.width)//2, (side - small.height)//2))
     buffer = io.BytesIO()
-    small.save(buffer, format="JPEG", quality=85)
+    square.save(buffer, format="JPEG", quality=85)
     return buffer.getvalue()
 
 def _bar(label: str, probability: float) -> widgets.HBox:
