@@ -210,8 +210,8 @@ def demo_images() -> Path:
 def run_demo(out: Path="trendyol-demo",    # output folder of the run
              images: Path=None,            # labelled photos `images/<class>/*.jpg`; the packaged sample when `None`
              arch: str="mobilenet_v2",     # network to fine-tune
-             size: int=128,                # training image size
-             epochs: int=3,                # passes of the last blocks and head over the cached views
+             size: int=224,                # training image size
+             epochs: int=4,                # passes of the last blocks and head over the cached views
              bs: int=32,                   # batch size
              weights: Path=None,           # pretrained weights file; the torch cache when `None`
              faults: bool=True,            # switch the fake server's faults on
@@ -259,8 +259,8 @@ def pipeline_cli(dest: str,                   # output folder
 def demo_cli(out: str="trendyol-demo",  # output folder
              images: str=None,          # labelled photos DIR/<class>/*.jpg to serve; the packaged sample otherwise
              arch: str="mobilenet_v2",  # network to fine-tune
-             size: int=128,             # training image size
-             epochs: int=3,             # passes of the last blocks and head over the cached views
+             size: int=224,             # training image size
+             epochs: int=4,             # passes of the last blocks and head over the cached views
              weights: str=None,         # pretrained weights file; the torch cache otherwise
              no_faults: store_true=False, # serve without faults
             ):

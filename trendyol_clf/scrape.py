@@ -290,9 +290,11 @@ def _key(row): return (str(row["folder"]), str(row["product_id"]), str(row["imag
 
 class Manifest:
     "The rows of `DEST/manifest.csv`, one per photo, appended safely and compacted at the end"
-    def __init__(self, dest: Path): # the dataset folder
-        self.path, self._lock, self._sync_lock = Path(dest)/"manifest.csv", threading.Lock(), threading.Lock()
-        self.rows, self._file, self._written, self._synced = {}, None, 0, 0
+    def __init__(self,
+                 dest: Path,             # the dataset folder
+                 sync_every: float=1.0): # most seconds between two `fsync`s of the file while rows come in
+        self.path, self._lock = Path(dest)/"manifest.csv", threading.Lock()
+        self.rows, self._file, self.sync_every, self._synced_at = {}, None, sync_every, time.monotonic()
         if self.path.exists():
             with open(self.path, newline="") as f:
                 for row in csv.DictReader(f): self.rows[_key(row)] = row
@@ -307,19 +309,11 @@ class Manifest:
                 self._writer = csv.DictWriter(self._file, MANIFEST_COLUMNS)
                 if new: self._writer.writeheader()
             self._writer.writerow(row)
-            self._file.flush()
+            self._file.flush()  # the operating system has the row: no crash of this process can lose it
             self.rows[_key(row)] = row
-            self._written += 1
-            ticket, file = self._written, self._file
-        self._sync(ticket, file)
-
-    def _sync(self, ticket, file):
-        "Return once row number `ticket` is on disk; one `fsync` covers the rows of all waiting threads"
-        with self._sync_lock:
-            if self._synced >= ticket: return
-            with self._lock: covered = self._written
-            os.fsync(file.fileno())
-            self._synced = covered
+            due, file = time.monotonic() - self._synced_at >= self.sync_every, self._file
+            if due: self._synced_at = time.monotonic()
+        if due: os.fsync(file.fileno())  # one thread now and then, while the others go on
 
     def compact(self):
         "Rewrite the file with one row per photo, atomically"

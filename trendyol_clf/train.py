@@ -530,8 +530,9 @@ class EpochHistory(Callback):
         names = ["epoch", *self.recorder.metric_names[1:-1]]
         fitted = sum(isinstance(row["epoch"], int) for row in self.rows)
         row = dict(zip(names, [fitted, *self.recorder.log[1:-1]]))
-        row.update(frozen=getattr(self.opt, "frozen_idx", 0) > 0, size=getattr(self.learn, "train_size", None),
-                   **{"train images/s": round(self.train_speed, 1)})
+        row["frozen"] = getattr(self.opt, "frozen_idx", 0) > 0
+        if getattr(self.learn, "train_size", None) is not None: row["size"] = self.learn.train_size
+        row["train images/s"] = round(self.train_speed, 1)
         self.rows.append(row)
     @property
     def table(self) -> pd.DataFrame: return pd.DataFrame(self.rows)
