@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 from fastai.data.block import CategoryBlock, DataBlock
@@ -34,8 +35,8 @@ from fastai.vision.learner import vision_learner
 from torchvision.models import mobilenet_v2
 
 from trendyol_clf.core import shared_path
-from trendyol_clf.train import (EpochHistory, _Top, body_blocks, compute_speed, create_learner, evaluate,
-                                image_dataloaders)
+from trendyol_clf.train import (EpochHistory, _inference_network, _Top, body_blocks, compute_speed, create_learner,
+                                evaluate, image_dataloaders)
 
 DATA = shared_path("data", "clothing-small")
 
@@ -100,25 +101,32 @@ def library():
                 "pipeline share of bound": share})
 
 
-def stage_bounds(learn, cut, bs=64, batches=3):
-    "Compute-only images/s of the library's two stages: the frozen blocks forward, the rest training"
+def stage_bounds(learn, cut, bs=64, steps=10):
+    "Compute-only images/s of the library's two stages, the median of `steps` timed steps after a warm-up each"
     blocks = body_blocks(learn.model[0])
-    prefix = torch.nn.Sequential(*blocks[:cut]).eval().to(memory_format=torch.channels_last)
+    prefix = _inference_network(torch.nn.Sequential(*blocks[:cut]))  # as the library runs it
     x = torch.randn(bs, 3, 224, 224)
-    with torch.inference_mode():
-        prefix(x[:16].contiguous(memory_format=torch.channels_last))
-        started = time.perf_counter()
-        for _ in range(batches):
-            for part in x.split(16): activations = prefix(part.contiguous(memory_format=torch.channels_last))
-    cache_bound = bs*batches/(time.perf_counter() - started)
+    def forward():
+        for part in x.split(16): activations = prefix(part.contiguous(memory_format=torch.channels_last))
+        return activations
+    with torch.inference_mode(): activations = forward()
+    with torch.inference_mode(): cache_bound = bs/median_seconds(forward, steps)
     top = _Top(blocks[cut:], learn.model[1]).train()
     for parameter in top.parameters(): parameter.requires_grad_(True)
     optimizer = torch.optim.AdamW(top.parameters(), lr=1e-4)
     x, y = torch.randn(bs, *activations.shape[1:]), torch.randint(0, 10, (bs,))
-    for step in range(batches + 1):
-        if step == 1: started = time.perf_counter()
+    def step():
         torch.nn.functional.cross_entropy(top(x), y).backward(); optimizer.step(); optimizer.zero_grad()
-    return cache_bound, bs*batches/(time.perf_counter() - started)
+    step()
+    return cache_bound, bs/median_seconds(step, steps)
+
+
+def median_seconds(function, times):
+    "Median wall time of `times` calls of `function`"
+    seconds = []
+    for _ in range(times):
+        started = time.perf_counter(); function(); seconds.append(time.perf_counter() - started)
+    return float(np.median(seconds))
 
 
 def plain():
