@@ -313,7 +313,8 @@ def main():
                         "a MobileNetV2 is trained when not given")
     parser.add_argument("--out", help="folder to keep the trained model in, for `--model` next time")
     parser.add_argument("--per-class", type=int, default=20, help="photos per class and split to train on")
-    parser.add_argument("--epochs", type=int, default=1, help="passes of the last blocks and the head over the cached views")
+    parser.add_argument("--epochs", type=int, default=1,
+                        help="passes of the last blocks and the head over the cached views")
     parser.add_argument("--repeats", type=int, default=3, help="timed passes of each path; the median counts")
     parser.add_argument("--threads", type=int, help="torch threads here and in the processes started; "
                         "torch's default when not given")

@@ -236,8 +236,8 @@ def similarity(first: Path|tuple, # an image file, or its `_check_picture`
     if whole >= 0.95: return whole
     box, score = _coarse_crop(a.small, b.target, b.ratio/a.ratio)
     box_swapped, score_swapped = _coarse_crop(b.small, a.target, a.ratio/b.ratio)
-    one, other = (a, b) if score >= score_swapped else (b, a)
-    if score_swapped > score: box = box_swapped
+    one, other = a, b
+    if score_swapped > score: one, other, box = b, a, box_swapped
     box = _refined_crop(one.small, other.target, box)  # only in the direction the coarse search chose
     detail = _dot(_sample(one.detail, box[None], 48), other.whole)
     if detail[0] < _REFINE_FROM: return max(whole, float(detail[0]))

@@ -619,7 +619,9 @@ class _CachedViews(torch.utils.data.Dataset):
     "Activations of the augmented views of each photo, `(views, photos, ...)`, as one item per view"
     def __init__(self, activations, targets): self.activations, self.targets = activations, targets
     def __len__(self): return self.activations.shape[0]*self.activations.shape[1]
-    def __getitem__(self, i): return self.batch(torch.tensor([i]))
+    def __getitem__(self, i):
+        x, y = self.batch(torch.tensor([i]))
+        return x[0], y[0]
     def batch(self, indices):
         "The items at `indices`, gathered in one indexing operation"
         view, photo = indices//self.activations.shape[1], indices % self.activations.shape[1]
@@ -654,7 +656,7 @@ def _augmented(image: Image.Image, # a presized training photo
     if rng.random() < 0.5: view = view.transpose(Image.FLIP_LEFT_RIGHT)
     return torch.from_numpy(np.array(view)).permute(2, 0, 1), rng.uniform(0.8, 1.25), rng.uniform(-0.1, 0.1)
 
-def _view_batches(dls, size, min_scale, views, seed, chunk, pool):
+def _view_batches(dls, size, min_scale, views, seed, chunk):
     "Normalised batches of `views` random views of every training photo of `dls`, in order, with their targets"
     files, cache = list(dls.train_ds.items), getattr(dls, "image_cache", None) or ImageCache(dls.presize)
     targets = torch.tensor([dls.vocab.o2i[parent_label(f)] for f in files])
@@ -668,15 +670,8 @@ def _view_batches(dls, size, min_scale, views, seed, chunk, pool):
         contrast, brightness = (torch.tensor([m[k] for m in made]).view(-1, 1, 1, 1) for k in (1, 2))
         x = ((x - 0.5)*contrast + 0.5 + brightness).clamp(0, 1)
         return (x - mean)/std, targets[chosen.start:chosen.stop]
-    if pool is None:
-        yield from (make(view, start) for view in range(views) for start in range(0, len(files), chunk))
-        return
-    ahead = collections.deque()
-    for view in range(views):
-        for start in range(0, len(files), chunk):
-            ahead.append(pool.submit(make, view, start))
-            if len(ahead) > 2: yield ahead.popleft().result()
-    while ahead: yield ahead.popleft().result()
+    # made between network calls: on two cores, threads making views beside the network slowed it down
+    return (make(view, start) for view in range(views) for start in range(0, len(files), chunk))
 
 def _store(prefix, batches, count, budget, chunk):
     "Activations of `prefix` on `batches` (fp16, on the CPU) and their targets; `(None, None)` past `budget` bytes"
@@ -700,7 +695,6 @@ def cache_activations(learn: Learner,           # a learner whose body is pretra
                       min_scale: float=0.35,   # smallest share of a photo's area a view keeps
                       seed: int=42,            # seed of the views' random crops, flips and lighting
                       memory_share: float=0.3, # most of the machine's memory the activations may take
-                      workers: int=0,          # threads making the next views while the network runs; 0: none
                      ) -> dict|None:
     "The frozen blocks' activations of `views` augmented views of each training photo and of the validation photos"
     blocks, dls = body_blocks(learn.model[0]), learn.dls
@@ -710,10 +704,9 @@ def cache_activations(learn: Learner,           # a learner whose body is pretra
     for cut in range(max(1, round(frozen_share*len(blocks))), len(blocks)):
         prefix = _inference_network(torch.nn.Sequential(*blocks[:cut]))  # frozen: its batch norm folds away
         started = time.perf_counter()
-        with ThreadPoolExecutor(workers) if workers else contextlib.nullcontext() as pool:
-            batches = _view_batches(dls, size, min_scale, views, seed, chunk, pool)
-            batches = progress_bar(batches, total=views*math.ceil(photos/chunk), leave=False)
-            train, targets = _store(prefix, batches, views*photos, memory_share*_memory_bytes(), chunk)
+        batches = progress_bar(_view_batches(dls, size, min_scale, views, seed, chunk),
+                               total=views*math.ceil(photos/chunk), leave=False)
+        train, targets = _store(prefix, batches, views*photos, memory_share*_memory_bytes(), chunk)
         if train is None: continue
         speed = views*photos/(time.perf_counter() - started)
         valid = _store(prefix, dls.valid, len(dls.valid_ds), float("inf"), chunk)
@@ -780,8 +773,8 @@ def train_classifier(data: Path,                 # dataset folder: `DATA/<class>
     lr = suggest_lr(trainer) if lr == "find" else float(lr)
     learn.chosen_lr = lr
     callbacks = [history] + ([SaveModelCallback(monitor="accuracy", fname="best")] if keep_best else [])
-    quiet = contextlib.nullcontext() if show_progress else trainer.no_bar()
-    with _temporary_model_dir(trainer), quiet, (contextlib.nullcontext() if show_progress else trainer.no_logging()):
+    with _temporary_model_dir(trainer), contextlib.ExitStack() as quiet:
+        if not show_progress: quiet.enter_context(trainer.no_bar()); quiet.enter_context(trainer.no_logging())
         if epochs: trainer.fit_one_cycle(epochs, slice(lr/3, lr) if pretrained else lr, cbs=callbacks)
     learn.kept = "best epoch" if keep_best else "last epoch"
     learn.history, learn.top_learner = history.table, trainer
