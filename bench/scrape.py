@@ -1,6 +1,7 @@
 """Images/s fetching resized photos from the fake Trendyol (20 ms latency): our scraper, a serial download,
-a bare pool of 16 `requests` threads, and img2dataset when it is installed; then our scraper with 5% of the
-requests failing, counting the photos lost.
+bare pools of 16 threads with no checks (plain `requests`, `requests` without its scan of the
+environment on every request, and `urllib3`, which our scraper drives), and img2dataset when it is
+installed; then our scraper with 5% of the requests failing, counting the photos lost.
 
     python bench/scrape.py [--images 1200] [--repeats 3] [--img2dataset-program PATH]
 
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 import requests
+import urllib3
 from fastcore.script import call_parse
 
 from trendyol_clf.core import Catalogue, Category, shared_path
@@ -71,15 +73,33 @@ def serial(urls, out):
         if response.status_code == 200: (out/f"{n}.jpg").write_bytes(response.content)
 
 
-def bare_pool(urls, out, workers=16, accept=ACCEPT):
+def bare_pool(urls, out, workers=16, accept=ACCEPT, trust_env=True):
     "16 threads with a keep-alive session each, writing whatever comes back"
     local = threading.local()
     out.mkdir(parents=True, exist_ok=True)
     def fetch(item):
         n, url = item
-        if not hasattr(local, "session"): local.session = requests.Session()
+        if not hasattr(local, "session"):
+            local.session = requests.Session()
+            local.session.trust_env = trust_env  # False: no scan of the environment on each request
         response = local.session.get(url, headers=accept, timeout=30)
         if response.status_code == 200: (out/f"{n}.jpg").write_bytes(response.content)
+    with ThreadPoolExecutor(workers) as pool: list(pool.map(fetch, enumerate(urls)))
+
+
+def bare_pool_lean(urls, out):
+    "The bare pool with `requests` told not to scan the environment per request, as our scraper does"
+    bare_pool(urls, out, trust_env=False)
+
+
+def bare_urllib3(urls, out, workers=16):
+    "16 threads sharing one `urllib3` pool manager, the engine our scraper drives, writing whatever comes back"
+    out.mkdir(parents=True, exist_ok=True)
+    manager = urllib3.PoolManager(maxsize=workers, retries=False, timeout=urllib3.Timeout(30))
+    def fetch(item):
+        n, url = item
+        response = manager.request("GET", url, headers=ACCEPT)
+        if response.status == 200: (out/f"{n}.jpg").write_bytes(response.data)
     with ThreadPoolExecutor(workers) as pool: list(pool.map(fetch, enumerate(urls)))
 
 
@@ -123,6 +143,8 @@ def main(images: int=1200,  # resized photos to fetch, at least
         for name, function, args, times in [
                 ("serial requests.get", serial, (urls, work/"serial"), 1),
                 ("bare pool, 16 threads, no checks", bare_pool, (urls, work/"pool"), repeats),
+                ("bare pool, environment read once", bare_pool_lean, (urls, work/"lean"), repeats),
+                ("bare pool of urllib3, no checks", bare_urllib3, (urls, work/"urllib3"), repeats),
                 ("trendyol_clf.scrape, 16 threads", ours, (server, limit, work/"ours"), repeats)]:
             best = None
             for _ in range(times):  # the best of `times` fresh runs: the machine may be shared

@@ -16,6 +16,7 @@ import os
 import random
 import threading
 import time
+import urllib.request
 import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -24,8 +25,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from urllib.parse import urlencode, urlsplit
 
+import certifi
 import pandas as pd
-import requests
+import urllib3
 from fastcore.script import call_parse, store_true
 from fastprogress.fastprogress import progress_bar
 from PIL import Image
@@ -202,6 +204,13 @@ def verify_image(data: bytes,                # the downloaded body
 # %% ../nbs/01_scrape.ipynb #6d353d31
 _user_agent = f"trendyol-clf/{trendyol_clf.__version__} (+https://github.com/trendyol-clf/trendyol-clf)"
 
+def _proxy_for(url: str) -> str|None:
+    "The proxy the environment sets for `url` (`HTTPS_PROXY`, `HTTP_PROXY`, `NO_PROXY`), if any"
+    parts = urlsplit(url)
+    proxy = urllib.request.getproxies().get(parts.scheme)
+    if not proxy or urllib.request.proxy_bypass(parts.hostname or ""): return None
+    return proxy
+
 def _retry_after(value):
     "Seconds asked for by a `Retry-After` header, as seconds or an HTTP date"
     if not value: return None
@@ -223,16 +232,24 @@ class Fetcher:
                 ):
         self.workers, self.per_host, self.max_rate, self.retries = workers, per_host, max_rate, retries
         self.timeout, self.backoff, self.max_wait = timeout, backoff, max_wait
-        self._local, self._lock, self._hosts, self._next_slot = threading.local(), threading.Lock(), {}, 0.0
+        self._lock, self._hosts, self._routes, self._next_slot = threading.Lock(), {}, {}, 0.0
+        self._options = dict(maxsize=max(workers, per_host), block=False,
+                             timeout=urllib3.Timeout(connect=timeout, read=timeout),
+                             retries=urllib3.Retry(total=None, connect=0, read=0, status=0, other=0, redirect=5),
+                             ca_certs=os.environ.get("REQUESTS_CA_BUNDLE") or certifi.where(),
+                             headers={"User-Agent": _user_agent, "Accept-Encoding": "gzip, deflate"})
+        self._direct, self._proxies = urllib3.PoolManager(**self._options), {}
 
-    def _session(self):
-        if not hasattr(self._local, "session"):
-            session = requests.Session()
-            adapter = requests.adapters.HTTPAdapter(pool_connections=4, pool_maxsize=self.workers)
-            session.mount("http://", adapter); session.mount("https://", adapter)
-            session.headers["User-Agent"] = _user_agent
-            self._local.session = session
-        return self._local.session
+    def _connections(self, url):
+        "The connection pools `url` goes through: direct, or those of the proxy the environment sets"
+        host = urlsplit(url).netloc
+        with self._lock:
+            if host not in self._routes:
+                proxy = _proxy_for(url)
+                if proxy and proxy not in self._proxies:
+                    self._proxies[proxy] = urllib3.ProxyManager(proxy, **self._options)
+                self._routes[host] = self._proxies[proxy] if proxy else self._direct
+            return self._routes[host]
 
     def _host(self, url):
         host = urlsplit(url).netloc
@@ -252,11 +269,11 @@ class Fetcher:
 
 # %% ../nbs/01_scrape.ipynb #cf969fc6
 def _attempt(self, url, accept):
-    "(status, body, headers) of one GET of `url`; raises `requests` errors on a failed transfer"
+    "(status, body, headers) of one GET of `url`; raises `urllib3` errors on a failed transfer"
     self._wait_for_rate()
     with self._host(url):
-        response = self._session().get(url, headers={"Accept": accept}, timeout=self.timeout)
-        return response.status_code, response.content, response.headers
+        response = self._connections(url).request("GET", url, headers={**self._options["headers"], "Accept": accept})
+        return response.status, response.data, response.headers
 
 def get(self,
         url: str,                          # URL to fetch
@@ -267,7 +284,7 @@ def get(self,
     for attempt in range(self.retries + 1):
         status, asked = None, None
         try: status, body, headers = self._attempt(url, accept)
-        except requests.RequestException as error:
+        except (urllib3.exceptions.HTTPError, OSError) as error:
             problem = f"{type(error).__name__}: {error}"
         else:
             if status == 200:
