@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import email.utils
+import functools
 import hashlib
 import io
 import json
@@ -132,6 +133,7 @@ def list_products(fetch_page,             # called with (page index, offset), re
                   max_products: int=100,  # stop after this many products
                   max_pages: int=50,      # stop after this many pages
                   include_ads: bool=False,# keep sponsored cards too
+                  on_new=None,            # called with the new `Card`s of each page as soon as it is read
                  ) -> list:
     "The `Card`s of one category in listing order, each product once"
     cards, offset = {}, 0
@@ -145,7 +147,9 @@ def list_products(fetch_page,             # called with (page index, offset), re
         organic = page.products
         if not organic: break
         if all(c.id in cards for c in organic): break
+        before = len(cards)
         for card in (page.cards if include_ads else organic): cards.setdefault(card.id, card)
+        if on_new: on_new(list(cards.values())[before:max_products])
         if len(cards) >= max_products: break
         offset = page.next_offset if page.next_offset and page.next_offset > offset else offset + len(organic)
     return list(cards.values())[:max_products]
@@ -421,8 +425,8 @@ class _Hosts:
     def answered(self, base):
         with self._lock: self.bases.remove(base); self.bases.insert(0, base)
 
-def _list_category(category, hosts, fetcher, max_products, max_pages, include_ads):
-    "The cards of `category`, from the first API host that answers"
+def _list_category(category, hosts, fetcher, max_products, max_pages, include_ads, on_new=None):
+    "The cards of `category`, from the first API host that answers; each page's new ones to `on_new`"
     def fetch_page(page_index, offset):
         for base in hosts.order():
             try: body = fetcher.get(search_url(category.slug, page_index, offset, base), "application/json")[0]
@@ -433,7 +437,7 @@ def _list_category(category, hosts, fetcher, max_products, max_pages, include_ad
             hosts.answered(base)
             return parse_page(body)
         raise problem
-    return list_products(fetch_page, max_products, max_pages, include_ads)
+    return list_products(fetch_page, max_products, max_pages, include_ads, on_new)
 
 def _progress(items, total, comment, show):
     "`items` with a progress bar labelled `comment` when `show`"
@@ -468,8 +472,8 @@ def scrape(dest: Path,                   # dataset folder: photos go to `dest/<f
     fetcher = Fetcher(workers, per_host, max_rate, retries, timeout)
     run = _Run(Path(dest), fetcher, image_size, cdn_base, max_images, workers, show_progress)
     with ThreadPoolExecutor(max(1, min(workers, len(chosen), 8))) as listing:
-        futures = {listing.submit(_list_category, category, hosts, fetcher, max_products, max_pages, include_ads):
-                   category for category in chosen}
+        futures = {listing.submit(_list_category, category, hosts, fetcher, max_products, max_pages, include_ads,
+                                  functools.partial(run.download, category)): category for category in chosen}
         try:
             for future in _progress(as_completed(futures), len(futures), "listing", show_progress):
                 run.listed(futures[future], future)
@@ -489,23 +493,23 @@ class _Run:
         self.accept = "image/jpeg" if image_size else "image/jpeg,image/png;q=0.9,image/*;q=0.8"
         self.dest.mkdir(parents=True, exist_ok=True)
         self.manifest, self.pool = Manifest(dest), ThreadPoolExecutor(max(1, workers))
-        self.cards, self.errors, self.futures, self.rows = {}, {}, [], []
+        self.cards, self.errors, self.futures, self.rows, self.present = {}, {}, [], [], {}
 
     def listed(self, category, future):
-        "Record the listing of `category` and start downloading its photos"
-        try: cards = future.result()
+        "Record how the listing of `category` ended; its photos have been downloading since its first page"
+        try: future.result()
         except (FetchError, SearchPageError) as error:
-            self.cards[category], self.errors[category] = [], str(error)
+            self.cards.setdefault(category, []); self.errors[category] = str(error)
             warnings.warn(f"Could not list {category.folder} ({category.slug}): {error}")
-            return
-        self.download(category, cards)
 
     def download(self, category, cards):
-        "Start downloading the photos of `cards`, listed in `category`"
-        self.cards[category] = cards
-        folder = self.dest/category.folder
-        folder.mkdir(exist_ok=True); _clear_parts(folder)
-        present = _files_by_stem(folder)
+        "Start downloading the photos of `cards`, listed in `category` (one thread per category)"
+        if category not in self.present:  # the first cards of the category: ready its folder
+            folder = self.dest/category.folder
+            folder.mkdir(exist_ok=True); _clear_parts(folder)
+            self.present[category] = _files_by_stem(folder)
+        self.cards.setdefault(category, []).extend(cards)
+        present = self.present[category]
         for card in cards:
             for k, path in enumerate(card.images[:self.max_images], start=1):
                 job = _Job(category, card, k, image_url(path, self.cdn_base, self.image_size))
