@@ -50,8 +50,9 @@ def list_images(data: Path # dataset folder laid out as `data/<class>/<image>`
     return sorted(images)
 
 # %% ../nbs/02_clean.ipynb #7799a526
-_VARIANT_BOXES = ((.9, .9, .5, .5), (.82, .82, .5, .5), (.9, .9, 0, 0), (.9, .9, 1, 0), (.9, .9, 0, 1),
-                  (.9, .9, 1, 1), (.9, 1, .5, .5), (1, .9, .5, .5)) # width, height, x and y position
+_CROP_PLACES = (0, .25, .5, .75, 1)  # where a crop box sits along each side: a quarter step apart
+_VARIANT_BOXES = (*[(.9, .9, x, y) for y in _CROP_PLACES for x in _CROP_PLACES],
+                  (.82, .82, .5, .5), (.9, 1, .5, .5), (1, .9, .5, .5)) # width, height, x and y position
 _THUMB_SIDE = 12
 
 def _gray(img: Image.Image, side: int) -> Image.Image:
@@ -87,7 +88,7 @@ def _thumb_vectors(gray: Image.Image) -> tuple[np.ndarray, np.ndarray]:
     thumbs = (rows @ np.asarray(gray, dtype=np.float32) @ columns).reshape(len(rows), -1)
     thumbs -= thumbs.mean(1, keepdims=True)
     thumbs /= np.linalg.norm(thumbs, axis=1, keepdims=True) + 1e-6
-    return thumbs[0], thumbs[1:]
+    return thumbs[0], thumbs[1:].astype(np.float16)  # half the memory; a cosine moves by < 0.001
 
 def _decode(path: Path, draft_side: int) -> Image.Image:
     "Open `path` and decode all of its pixels, at reduced scale for JPEG"
@@ -143,7 +144,9 @@ def _neighbours(vectors: np.ndarray, # one row per image: bytes of a binary hash
                  else faiss.IndexHNSWFlat(dim, 16, faiss.METRIC_INNER_PRODUCT))
     if n >= exact_search_below: index.hnsw.efSearch = 64
     index.add(np.ascontiguousarray(vectors))
-    return index.search(np.ascontiguousarray(queries), k)
+    found = [index.search(np.ascontiguousarray(queries[start:start + 65_536], dtype=vectors.dtype), k)
+             for start in range(0, len(queries), 65_536)]  # half-precision rows widened a chunk at a time
+    return np.concatenate([d for d, _ in found]), np.concatenate([i for _, i in found])
 
 # %% ../nbs/02_clean.ipynb #280c72a0
 def candidate_pairs(infos: list[dict], # `inspect_image` results of the images to compare
@@ -156,9 +159,9 @@ def candidate_pairs(infos: list[dict], # `inspect_image` results of the images t
     pairs = set()
     def add(owners, found, keep):
         distances, indices = found
-        for owner, row_d, row_i in zip(owners, distances, indices):
-            for d, other in zip(row_d, row_i):
-                if other >= 0 and other != owner and keep(d): pairs.add((min(owner, other), max(owner, other)))
+        chosen = (indices >= 0) & (indices != owners[:, None]) & keep(distances)
+        firsts, seconds = np.broadcast_to(owners[:, None], indices.shape)[chosen], indices[chosen]
+        pairs.update(zip(np.minimum(firsts, seconds).tolist(), np.maximum(firsts, seconds).tolist()))
     if len(infos) < 2: return pairs
     own = np.arange(len(infos))
     for signal in ("phash", "dhash"):
@@ -237,15 +240,16 @@ def _coarse_crop(first: np.ndarray, target: np.ndarray, ratio: float) -> tuple[n
     scores = _dot(_sample(first, boxes, 24), target)
     return boxes[int(np.argmax(scores))], float(scores.max())
 
-def _refined_crop(first: np.ndarray, target: np.ndarray, box: np.ndarray) -> np.ndarray:
-    "`box` of picture `first` moved edge by edge, twice, to match the whole-picture vector `target` better"
-    for step in (.03, .015):
+def _refined_crop(first: np.ndarray, target: np.ndarray, box: np.ndarray, steps=(.03, .015)) -> np.ndarray:
+    "`box` of picture `first` moved edge by edge, once a step, to match the whole-picture vector `target` better"
+    for step in steps:
         boxes = np.clip(box + _SHIFTS*step, 0, 1)
         box = boxes[int(np.argmax(_dot(_sample(first, boxes, 24), target)))]
     return box
 
 # %% ../nbs/02_clean.ipynb #f19541ae
-_REFINE_FROM = 0.5 # a crop box scoring less than this before refinement never reaches a match
+_FIRST_STEP_FLOOR = 0.3 # detail score under which a pair stops after the first refining step
+_REFINE_FROM = 0.5 # a crop box scoring less than this before the fine shifts never reaches a match
 
 def similarity(first: Path|tuple, # an image file, or its `_check_picture`
                second: Path|tuple, # the other image file, or its `_check_picture`
@@ -258,9 +262,10 @@ def similarity(first: Path|tuple, # an image file, or its `_check_picture`
     box_swapped, score_swapped = _coarse_crop(b.small, a.target, a.ratio/b.ratio)
     one, other = a, b
     if score_swapped > score: one, other, box = b, a, box_swapped
-    box = _refined_crop(one.small, other.target, box)  # only in the direction the coarse search chose
-    detail = _dot(_sample(one.detail, box[None], 48), other.whole)
-    if detail[0] < _REFINE_FROM: return max(whole, float(detail[0]))
+    for step, floor in ((.03, _FIRST_STEP_FLOOR), (.015, _REFINE_FROM)):  # in the direction chosen
+        box = _refined_crop(one.small, other.target, box, steps=(step,))
+        detail = _dot(_sample(one.detail, box[None], 48), other.whole)
+        if detail[0] < floor: return max(whole, float(detail[0]))
     for step in (.01, .005):
         boxes = np.clip(box + _SHIFTS*step, 0, 1)
         detail = _dot(_sample(one.detail, boxes, 48), other.whole)
