@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import io
 import json
 import os
 import time
@@ -90,8 +91,8 @@ def _thumb_vectors(gray: Image.Image) -> tuple[np.ndarray, np.ndarray]:
     thumbs /= np.linalg.norm(thumbs, axis=1, keepdims=True) + 1e-6
     return thumbs[0], thumbs[1:].astype(np.float16)  # half the memory; a cosine moves by < 0.001
 
-def _decode(path: Path, draft_side: int) -> Image.Image:
-    "Open `path` and decode all of its pixels, at reduced scale for JPEG"
+def _decode(path: Path|io.BytesIO, draft_side: int) -> Image.Image:
+    "Open `path` (or its bytes) and decode all of its pixels, at reduced scale for JPEG"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         img = Image.open(path)
@@ -111,7 +112,7 @@ def inspect_image(path: Path, # an image file
     info = dict(bytes=len(content), sha=hashlib.blake2b(content, digest_size=16).hexdigest(),
                 issue=None, detail="", width=0, height=0, format="")
     if not content: return {**info, "issue": "empty", "detail": "0 bytes"}
-    try: img = _decode(path, draft_side=64)
+    try: img = _decode(io.BytesIO(content), draft_side=64)  # the bytes read once for the digest
     except UnidentifiedImageError:
         return {**info, "issue": "not_image", "detail": f"starts with {content[:16]!r}"}
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
