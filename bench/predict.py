@@ -12,7 +12,8 @@ each path in turn (so that a change of load hits them all), and the median pass 
 
 1. `learn.predict`: `load_learner(model.pkl).predict(path)` once per photo, as most notebooks do;
 2. `Predictor.predict`: `load_predictor(model.json, bs=bs).predict(paths)`, batched, for each of
-   `--batch-sizes` (the library's default is 16 on a CPU);
+   `--batch-sizes`, on the backend the library picks (ONNX Runtime with the `onnx` extra, in
+   batches of 32 on a CPU), and on PyTorch at its own default batch size (16 on a CPU);
 3. `trendyol-predict model.json FOLDER --top-k 1` as a subprocess: its wall time with start-up, and
    without it, that is minus the wall time of the same command on a folder of one photo;
 4. the widget's path, `classify_images(as_predictor(model.json), items)` on the photos' raw bytes,
@@ -102,9 +103,9 @@ def fastai_way(model: Path, photos: list):
     return run, lambda answers: np.stack([probs.numpy() for _, _, probs in answers])
 
 
-def batched_way(model: Path, photos: list, classes: list, bs: int):
+def batched_way(model: Path, photos: list, classes: list, bs: int, backend: str="auto"):
     "A warmed-up run of `Predictor.predict` on all photos, `bs` per network call, and its converter"
-    predictor = load_predictor(model, bs=bs)
+    predictor = load_predictor(model, bs=bs, backend=backend)
     predictor.predict(photos[:bs], top_k=len(classes))
     return lambda: predictor.predict(photos, top_k=len(classes)), lambda answers: as_matrix(answers, classes)
 
@@ -264,12 +265,15 @@ def first_prediction_table(columns: dict) -> pd.DataFrame:
 def measure_paths(pickled: Path, config: Path, photos: list, work: Path, batch_sizes: list, repeats: int):
     "Print the photos/s of each path and how well it agrees with `learn.predict`; its probabilities, classes"
     n, items = len(photos), [(p.name, p.read_bytes()) for p in photos]
-    library_bs = load_predictor(config).bs  # what the library picks on this machine
+    library = load_predictor(config)  # what the library picks on this machine
+    library_bs, backend = library.bs, library.backend
     def default(bs): return ", the default" if bs == library_bs else ""
     classes = json.loads(config.read_text())["classes"]
     learn_predict, cli, cli_one = "learn.predict", "trendyol-predict", "trendyol-predict, one photo"
     ways = {learn_predict: fastai_way(pickled, photos),
             **{bs: batched_way(config, photos, classes, bs) for bs in batch_sizes}}
+    torch_bs = load_predictor(config, backend="torch").bs
+    if backend != "torch": ways["torch"] = batched_way(config, photos, classes, torch_bs, backend="torch")
     cli_run, cli_one_run, cli_probs = cli_ways(config, photos, classes, work)
     ways.update({cli: (cli_run, cli_probs), cli_one: (cli_one_run, None),
                  "widget": widget_way(config, items, classes), "app": app_way(config, items, classes)})
@@ -278,7 +282,8 @@ def measure_paths(pickled: Path, config: Path, photos: list, work: Path, batch_s
     cli_without = [whole - one for whole, one in zip(seconds[cli], seconds[cli_one])]
     print(speed_table([
         ("learn.predict, one call per photo (model.pkl)", n, seconds[learn_predict]),
-        *[(f"Predictor.predict, bs {bs}{default(bs)} (model.json)", n, seconds[bs]) for bs in batch_sizes],
+        *[(f"Predictor.predict, {backend}, bs {bs}{default(bs)} (model.json)", n, seconds[bs]) for bs in batch_sizes],
+        *([(f"Predictor.predict, torch, bs {torch_bs}", n, seconds["torch"])] if "torch" in seconds else []),
         ("trendyol-predict FOLDER --top-k 1, wall with start-up", n, seconds[cli]),
         ("trendyol-predict, wall minus a 1-photo run's wall", n - 1, cli_without),
         ("widget: classify_images(as_predictor) on bytes", n, seconds["widget"]),
@@ -286,7 +291,8 @@ def measure_paths(pickled: Path, config: Path, photos: list, work: Path, batch_s
     print(f"trendyol-predict on one photo: {np.median(seconds[cli_one]):.2f} s "
           "(start-up, model load, one prediction)")
     reference = probs.pop(learn_predict)
-    names = {bs: f"Predictor.predict, bs {bs}" for bs in batch_sizes}
+    names = {bs: f"Predictor.predict, {backend}, bs {bs}" for bs in batch_sizes}
+    names["torch"] = f"Predictor.predict, torch, bs {torch_bs}"
     names[cli] = "trendyol-predict (top 1, 4 decimals)"
     print(agreement_table(reference, {names.get(k, k): v for k, v in probs.items()}, names[cli])
           .to_string(index=False), flush=True)
@@ -318,7 +324,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3, help="timed passes of each path; the median counts")
     parser.add_argument("--threads", type=int, help="torch threads here and in the processes started; "
                         "torch's default when not given")
-    parser.add_argument("--batch-sizes", default="16,32,8,1", help="photos per network call of "
+    parser.add_argument("--batch-sizes", default="32,16,8,1", help="photos per network call of "
                         "`Predictor.predict` to time, comma-separated; the other paths use the default")
     parser.add_argument("--no-browser", action="store_true", help="skip the app in headless Chromium")
     args = parser.parse_args()
