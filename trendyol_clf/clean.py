@@ -12,11 +12,13 @@ import functools
 import hashlib
 import io
 import json
+import multiprocessing
 import os
+import sys
 import time
 import warnings
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
@@ -292,6 +294,27 @@ def _keeper(group, rows, usual_suffix) -> int:
                                      Path(rows[i]["path"]).suffix.lower() != usual_suffix,
                                      -rows[i]["bytes"], rows[i]["path"]))
 
+_pictures = {}  # in a worker: the strict check's pictures of the images of the pairs it scores
+
+def _hold_pictures(pictures: dict|None):
+    "Start a worker holding the strict check's `pictures`"
+    global _pictures
+    _pictures = pictures or {}
+
+def _pool(workers: int|None, # how many; one per core when `None`
+          pictures: dict|None=None, # the strict check's pictures, for `_scores`
+         ):
+    "A pool of worker processes, forked where the platform is Linux (else threads): NumPy holds the GIL"
+    workers = workers or os.cpu_count() or 1
+    if sys.platform.startswith("linux") and workers > 1:  # a forked worker inherits `pictures` unpickled
+        return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_hold_pictures, initargs=(pictures,))
+    return ThreadPoolExecutor(workers, initializer=_hold_pictures, initargs=(pictures,))
+
+def _scores(pairs: list) -> list[float]:
+    "`similarity` of each of `pairs` of image indices, from the pictures the worker holds"
+    return [similarity(_pictures[a], _pictures[b]) for a, b in pairs]
+
 def _same_pixels(first: Path, second: Path) -> bool:
     "Whether `first` and `second` decode to the same pixels"
     with Image.open(first) as a, Image.open(second) as b:
@@ -302,7 +325,7 @@ def find_duplicates(data: Path, # the dataset folder
                     rows: list[dict], # one per image: `path` (relative to `data`), `class`, `inspect_image` fields
                     min_similarity: float=0.8, # strict-check score from which two images are one photo
                     exact_search_below: int=20_000, # exact neighbour search below this many images, HNSW above
-                    workers: int|None=None, # threads decoding images; one per core when `None`
+                    workers: int|None=None, # worker processes (threads off Linux); one per core when `None`
                    ) -> list[dict]:
     "`issue`, `duplicate_of` and `similarity` for every image that repeats another kept one"
     good = [i for i, row in enumerate(rows) if row["issue"] is None]
@@ -312,12 +335,14 @@ def find_duplicates(data: Path, # the dataset folder
     proposed = candidate_pairs([rows[i] for i in good], exact_search_below=exact_search_below)
     proposed = {(good[a], good[b]) for a, b in proposed} - exact
     scores = {pair: 1.0 for pair in exact}
-    needed = sorted({i for pair in proposed for i in pair})
-    with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
-        pictures = dict(zip(needed, pool.map(lambda i: _check_picture(data/rows[i]["path"]), needed)))
-    for a, b in progress_bar(sorted(proposed), leave=False):
-        score = similarity(pictures[a], pictures[b])
-        if score >= min_similarity: scores[(a, b)] = score
+    needed, proposed = sorted({i for pair in proposed for i in pair}), sorted(proposed)
+    with _pool(workers) as pool:
+        pictures = dict(zip(needed, pool.map(_check_picture, [data/rows[i]["path"] for i in needed], chunksize=16)))
+    chunks = [proposed[start:start + 64] for start in range(0, len(proposed), 64)]
+    with _pool(workers, pictures) as pool:
+        found = pool.map(_scores, chunks)
+        for chunk, chunk_scores in zip(chunks, progress_bar(found, total=len(chunks), leave=False)):
+            scores.update({pair: s for pair, s in zip(chunk, chunk_scores) if s >= min_similarity})
     usual_suffix = Counter(Path(rows[i]["path"]).suffix.lower() for i in good).most_common(1)[0][0] if good else ""
     found = []
     for group in _groups(scores, len(rows)):
@@ -470,9 +495,9 @@ REPORT_COLUMNS = ["path", "class", "issue", "duplicate_of", "similarity", "detai
                   "bytes", "action"]
 
 def _inspect_all(data: Path, images: list[Path], min_side: int, workers: int|None) -> list[dict]:
-    "`inspect_image` of every image, in threads, with `path` and `class` added"
-    with ThreadPoolExecutor(workers or os.cpu_count()) as pool:
-        infos = pool.map(lambda p: inspect_image(p, min_side), images)
+    "`inspect_image` of every image, in worker processes, with `path` and `class` added"
+    with _pool(workers) as pool:
+        infos = pool.map(functools.partial(inspect_image, min_side=min_side), images, chunksize=32)
         infos = list(progress_bar(infos, total=len(images), leave=False))
     for path, info in zip(images, infos):
         relative = path.relative_to(data)
@@ -505,7 +530,7 @@ def clean(data: Path, # dataset folder laid out as `data/<class>/<image>`
           detector=None, # callable `PIL.Image -> bool` for the person check; `MediaPipePose()` when `None`
           min_side: int=64, # images with a shorter side are `too_small`
           min_similarity: float=0.8, # strict-check score from which two images are one photo
-          workers: int|None=None, # threads decoding images; one per core when `None`
+          workers: int|None=None, # worker processes (threads off Linux); one per core when `None`
           exact_search_below: int=20_000, # exact neighbour search below this many images, HNSW above
          ) -> pd.DataFrame:
     "Find broken, duplicate, conflicting (and person) images of `data`; move them to `_removed/`"
