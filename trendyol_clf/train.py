@@ -694,7 +694,7 @@ def _augmented(image: Image.Image, # a presized training photo
                min_scale: float,   # smallest share of the photo's area the view keeps
                seed: int,          # seed of this view's random choices
               ) -> tuple:
-    "A random view of `image` as uint8 CHW: a crop of random area and shape, mirrored half the time; its lighting"
+    "A random view of `image` as uint8 HWC: a crop of random area and shape, mirrored half the time; its lighting"
     rng, (width, height) = random.Random(seed), image.size
     for _ in range(10):
         area, ratio = width*height*rng.uniform(min_scale, 1), math.exp(rng.uniform(math.log(3/4), math.log(4/3)))
@@ -702,9 +702,10 @@ def _augmented(image: Image.Image, # a presized training photo
         if w <= width and h <= height: break
     else: w = h = min(width, height)
     left, top = rng.uniform(0, width - w), rng.uniform(0, height - h)
-    view = image.convert("RGB").resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
+    if image.mode != "RGB": image = image.convert("RGB")
+    view = image.resize((size, size), Image.BILINEAR, box=(left, top, left + w, top + h))
     if rng.random() < 0.5: view = view.transpose(Image.FLIP_LEFT_RIGHT)
-    return torch.from_numpy(np.array(view)).permute(2, 0, 1), rng.uniform(0.8, 1.25), rng.uniform(-0.1, 0.1)
+    return np.asarray(view), rng.uniform(0.8, 1.25), rng.uniform(-0.1, 0.1)
 
 def _view_batches(dls, size, min_scale, views, seed, chunk):
     "Normalised batches of `views` random views of every training photo of `dls`, in order, with their targets"
@@ -716,10 +717,11 @@ def _view_batches(dls, size, min_scale, views, seed, chunk):
         chosen = range(start, min(start + chunk, len(files)))
         made = [_augmented(cache.get(files[i]), size, min_scale, seed*1_000_003 + view*len(files) + i)
                 for i in chosen]
-        x = torch.stack([m[0] for m in made]).float()/255
+        x = torch.from_numpy(np.stack([m[0] for m in made])).permute(0, 3, 1, 2).float()  # channels last
         contrast, brightness = (torch.tensor([m[k] for m in made]).view(-1, 1, 1, 1) for k in (1, 2))
-        x = ((x - 0.5)*contrast + 0.5 + brightness).clamp(0, 1)
-        return (x - mean)/std, targets[chosen.start:chosen.stop]
+        # ((x/255 - 0.5)*contrast + 0.5 + brightness), clamped, then normalised: in place, pass by pass
+        x.mul_(contrast/255).add_(0.5 - 0.5*contrast + brightness).clamp_(0, 1).sub_(mean).div_(std)
+        return x, targets[chosen.start:chosen.stop]
     # made between network calls: on two cores, threads making views beside the network slowed it down
     return (make(view, start) for view in range(views) for start in range(0, len(files), chunk))
 
