@@ -80,7 +80,8 @@ def _box_filter(size: int, start: float, end: float, side: int) -> np.ndarray:
 @functools.lru_cache(maxsize=None)
 def _thumb_filters(size: int) -> tuple[np.ndarray, np.ndarray]:
     "Row and column weights that shrink a `size` square, whole and cut to each of `_VARIANT_BOXES`"
-    boxes = [(0, 0, 1, 1)] + [((1-bw)*x, (1-bh)*y, (1-bw)*x + bw, (1-bh)*y + bh) for bw, bh, x, y in _VARIANT_BOXES]
+    boxes = [(0, 0, 1, 1)] + [((1-bw)*x, (1-bh)*y, (1-bw)*x + bw, (1-bh)*y + bh)
+                              for bw, bh, x, y in _VARIANT_BOXES]
     rows = np.stack([_box_filter(size, top*size, bottom*size, _THUMB_SIDE) for _, top, _, bottom in boxes])
     columns = np.stack([_box_filter(size, left*size, right*size, _THUMB_SIDE) for left, _, right, _ in boxes])
     return rows, columns.transpose(0, 2, 1).copy()
@@ -337,7 +338,8 @@ def find_duplicates(data: Path, # the dataset folder
     scores = {pair: 1.0 for pair in exact}
     needed, proposed = sorted({i for pair in proposed for i in pair}), sorted(proposed)
     with _pool(workers) as pool:
-        pictures = dict(zip(needed, pool.map(_check_picture, [data/rows[i]["path"] for i in needed], chunksize=16)))
+        paths = [data/rows[i]["path"] for i in needed]
+        pictures = dict(zip(needed, pool.map(_check_picture, paths, chunksize=16)))
     chunks = [proposed[start:start + 64] for start in range(0, len(proposed), 64)]
     with _pool(workers, pictures) as pool:
         found = pool.map(_scores, chunks)

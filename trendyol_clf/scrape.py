@@ -276,7 +276,8 @@ def _attempt(self, url, accept):
     "(status, body, headers) of one GET of `url`; raises `urllib3` errors on a failed transfer"
     self._wait_for_rate()
     with self._host(url):
-        response = self._connections(url).request("GET", url, headers={**self._options["headers"], "Accept": accept})
+        headers = {**self._options["headers"], "Accept": accept}
+        response = self._connections(url).request("GET", url, headers=headers)
         return response.status, response.data, response.headers
 
 def get(self,

@@ -457,7 +457,8 @@ def _cpu_network(model, size, backend):
         try: return _onnx_network(model, size), "onnx"
         except ImportError as error:
             if backend == "onnx":
-                raise ImportError("backend='onnx' needs ONNX Runtime and onnx: pip install 'trendyol-clf[onnx]'") from error
+                raise ImportError("backend='onnx' needs ONNX Runtime and onnx: "
+                                  "pip install 'trendyol-clf[onnx]'") from error
         except Exception as error:  # a network the exporter cannot handle runs on PyTorch
             if backend == "onnx": raise
             warnings.warn(f"ONNX export failed ({type(error).__name__}: {error}); predicting with PyTorch")
@@ -483,7 +484,8 @@ class Predictor:
         self.mean, self.std = stats
 
     def __repr__(self):
-        return f"Predictor({self.config['arch']}, size={self.size}, backend={self.backend}, classes={self.classes})"
+        return (f"Predictor({self.config['arch']}, size={self.size}, backend={self.backend}, "
+                f"classes={self.classes})")
 
     def _image(self, image, index):
         "The PIL image `image` as fastai's validation `Resize` makes it"
