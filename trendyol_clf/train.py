@@ -432,29 +432,48 @@ def _inference_network(model: torch.nn.Module) -> torch.nn.Module:
     except Exception: pass  # a network that torch.fx cannot trace runs unfused, as fast as before
     return network.to(memory_format=torch.channels_last)
 
-def _onnx_network(model: torch.nn.Module, # a network on the CPU, in eval mode
-                  size: int,              # side of its square inputs
+class _Prepared(torch.nn.Module):
+    "`network` behind the batch steps fastai takes at inference: presized uint8 photos in, logits out"
+    def __init__(self,
+                 network: torch.nn.Module, # the classifier, taking normalised `(photos, 3, size, size)`
+                 config: dict):            # the `model.json` description: sizes and normalisation
+        super().__init__()
+        self.network, self.size = network, config["size"]
+        self.resample = config["item_size"] != config["size"]
+        mean, std = (torch.tensor(config[k] or v).view(1, 3, 1, 1) for k, v in (("mean", [0.]*3), ("std", [1.]*3)))
+        self.register_buffer("scale", 1/(255*std))  # (x/255 - mean)/std as one multiply and one subtract
+        self.register_buffer("shift", mean/std)
+
+    def forward(self, pixels): # (photos, height, width, channels), uint8
+        x = pixels.permute(0, 3, 1, 2).float()  # a channels-last view: no copy
+        if self.resample:  # fastai's `affine_coord` with no transform: the same bilinear samples, much cheaper
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=True)
+        return self.network(x*self.scale - self.shift)
+
+def _onnx_network(model: torch.nn.Module, # a `_Prepared` network on the CPU, in eval mode
+                  item_size: int,         # side of the square uint8 photos it takes
                  ):
-    "`model` exported to ONNX in memory and run by ONNX Runtime: a callable from tensors to logits"
+    "`model` exported to ONNX in memory and run by ONNX Runtime on one core: a callable from pixels to logits"
     import onnxruntime
     exported = io.BytesIO()
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, torch.zeros(1, 3, size, size), exported, dynamo=False, input_names=["x"],
-                          output_names=["logits"], dynamic_axes={"x": {0: "photos"}})
+        torch.onnx.export(model, torch.zeros(1, item_size, item_size, 3, dtype=torch.uint8), exported,
+                          dynamo=False, input_names=["pixels"], output_names=["logits"],
+                          dynamic_axes={"pixels": {0: "photos"}})
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
+    options.intra_op_num_threads = 1  # the `Predictor` runs one batch per core, each in its own thread
     session = onnxruntime.InferenceSession(exported.getvalue(), options, providers=["CPUExecutionProvider"])
-    def run(x): return torch.from_numpy(session.run(None, {"x": x.contiguous().numpy()})[0])
+    def run(pixels): return torch.from_numpy(session.run(None, {"pixels": pixels.numpy()})[0])
     return run
 
 _BACKENDS = ("auto", "torch", "onnx")
 
-def _cpu_network(model, size, backend):
-    "The fastest way this machine has to run `model` on a CPU, as `backend` allows; its name"
+def _cpu_network(model, item_size, backend):
+    "The fastest way this machine has to run the `_Prepared` `model` on a CPU, as `backend` allows; its name"
     if backend not in _BACKENDS: raise ValueError(f"backend={backend!r}: use one of {', '.join(_BACKENDS)}")
     if backend != "torch":
-        try: return _onnx_network(model, size), "onnx"
+        try: return _onnx_network(model, item_size), "onnx"
         except ImportError as error:
             if backend == "onnx":
                 raise ImportError("backend='onnx' needs ONNX Runtime and onnx: "
@@ -471,17 +490,19 @@ class Predictor:
                  config: dict,           # the `model.json` description: classes, sizes, normalisation
                  bs: int=None,           # photos per network call; when not given 32 with ONNX Runtime, 16 with
                                          # PyTorch on a CPU (bigger batches fall out of its caches), 64 on a GPU
-                 workers: int=2,         # threads decoding the next photos while the network runs
+                 workers: int=None,      # threads; with ONNX Runtime each decodes and runs its own batches (one
+                                         # per core by default), with PyTorch two decode ahead of the network
                  backend: str="auto"):   # on a CPU: "onnx" (ONNX Runtime), "torch", or "auto": onnx when installed
-        self.model, self.config, self.workers = model.eval(), config, workers
-        on_cpu = next(model.parameters()).device.type == "cpu"
-        self.network, self.backend = (_cpu_network(self.model, config["size"], backend) if on_cpu
-                                      else (self.model, "torch"))
-        self.bs = bs or (64 if not on_cpu else 32 if self.backend == "onnx" else 16)
+        self.model, self.config = model.eval(), config
         self.classes, self.size = list(config["classes"]), config["size"]
         self.item_size, self.resize_method = config["item_size"], config["resize_method"]
-        stats = [torch.tensor(config[k] or v).view(1, 3, 1, 1) for k, v in (("mean", [0.]*3), ("std", [1.]*3))]
-        self.mean, self.std = stats
+        self.device = next(model.parameters()).device
+        prepared = _Prepared(self.model, config).to(self.device).eval()
+        on_cpu = self.device.type == "cpu"
+        self.network, self.backend = (_cpu_network(prepared, self.item_size, backend) if on_cpu
+                                      else (prepared, "torch"))
+        self.bs = bs or (64 if not on_cpu else 32 if self.backend == "onnx" else 16)
+        self.workers = workers or (torch.get_num_threads() if self.backend == "onnx" else 2)
 
     def __repr__(self):
         return (f"Predictor({self.config['arch']}, size={self.size}, backend={self.backend}, "
@@ -497,14 +518,20 @@ class Predictor:
             raise ValueError(f"{name} is not an image that can be read: {error}") from None
         return exact_resize(picture, self.item_size, self.resize_method)
 
-    def _batch(self, images):
-        "Normalised input tensor of `images`, channels last"
-        pixels = np.stack([np.asarray(image) for image in images])  # (photos, height, width, channels)
-        x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()    # a channels-last view: no copy
-        if x.shape[-1] != self.size or x.shape[-2] != self.size:
-            # fastai's `affine_coord` with no transform: the same bilinear samples, much cheaper
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=True)
-        return x.div_(255).sub_(self.mean).div_(self.std)
+    def _pixels(self, images, start, step):
+        "The photos `images[start:start + step]` presized and stacked: uint8 `(photos, height, width, channels)`"
+        chunk = images[start:start + step]
+        return np.stack([np.asarray(self._image(image, start + i)) for i, image in enumerate(chunk)])
+
+    def _run(self, pixels):
+        "Class probabilities of the stacked photos `pixels`, as a tensor on the CPU"
+        return self.network(torch.from_numpy(pixels).to(self.device)).float().softmax(-1).cpu()
+
+    def _probabilities(self, pixels, tta):
+        "Class probabilities of the stacked photos `pixels`, averaged with their mirror images if `tta`"
+        probs = self._run(pixels)
+        if tta: probs = (probs + self._run(np.ascontiguousarray(pixels[:, :, ::-1])))/2
+        return probs.numpy()
 
     def probabilities(self,
                       images: list,         # paths, PIL images or raw bytes
@@ -512,25 +539,24 @@ class Predictor:
                       progress: bool=False, # show a progress bar
                      ) -> np.ndarray:
         "Class probabilities of `images`, one row per image, in the order of `classes`"
-        device = next(self.model.parameters()).device
-        rows, starts = [], range(0, len(images), self.bs)
+        images, step = list(images), self.bs
+        # ONNX Runtime runs one batch per thread on one core: smaller batches when there are fewer photos
+        if self.backend == "onnx": step = max(1, min(self.bs, math.ceil(len(images)/self.workers)))
+        starts = range(0, len(images), step)
         with ThreadPoolExecutor(self.workers) as pool, torch.inference_mode():
-            batches = self._batches(images, starts, pool)
-            for x in progress_bar(batches, total=len(starts), leave=False) if progress else batches:
-                x = x.to(device)
-                if device.type != "cpu": x = x.contiguous()
-                probs = self.network(x).float().softmax(-1)
-                if tta: probs = (probs + self.network(x.flip(-1)).float().softmax(-1))/2
-                rows.append(probs.cpu().numpy())
+            if self.backend == "onnx":
+                chunks = pool.map(lambda start: self._probabilities(self._pixels(images, start, step), tta),
+                                  starts)
+            else: chunks = (self._probabilities(pixels, tta)
+                            for pixels in self._decoded_ahead(images, starts, step, pool))
+            rows = list(progress_bar(chunks, total=len(starts), leave=False) if progress else chunks)
         return np.concatenate(rows) if rows else np.zeros((0, len(self.classes)), dtype=np.float32)
 
-    def _batches(self, images, starts, pool):
-        "Input tensors of the chunks of `images` from `starts`, the next ones decoded while the network runs"
-        def decode(start):
-            return self._batch([self._image(im, start + i) for i, im in enumerate(images[start:start + self.bs])])
+    def _decoded_ahead(self, images, starts, step, pool):
+        "The stacked photos of the chunks of `images` from `starts`, the next ones decoded while the network runs"
         ahead = collections.deque()
         for start in starts:
-            ahead.append(pool.submit(decode, start))
+            ahead.append(pool.submit(self._pixels, images, start, step))
             if len(ahead) > self.workers: yield ahead.popleft().result()
         while ahead: yield ahead.popleft().result()
 

@@ -13,6 +13,7 @@ import os
 import re
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -132,12 +133,14 @@ def classify_images(predictor,                     # anything with `classes` and
                     max_bytes: int=MAX_IMAGE_BYTES, # larger photos are refused
                    ) -> list[Classified]:
     "One `Classified` per item, in order: predictions for the photos, messages for the rest"
-    results = []
-    for name, data in items:
+    def read(item):
+        name, data = item
         try:
             if isinstance(data, Exception): raise data
-            results.append(Classified(name, read_image(data, name, max_bytes)))
-        except ImageInputError as error: results.append(Classified(name, error=str(error)))
+            return Classified(name, read_image(data, name, max_bytes))
+        except ImageInputError as error: return Classified(name, error=str(error))
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # Pillow lets go of the GIL while decoding
+        results = list(pool.map(read, items))
     readable = [r for r in results if r.error is None]
     if readable:
         for result, predictions in zip(readable, predictor.predict([r.image for r in readable], top_k=top_k)):
