@@ -1052,8 +1052,9 @@ def predict_cli(model: str,     # model.pkl, model.json or model.safetensors
     "Print `path<TAB>label<TAB>probability` for the best labels of each photo"
     paths = [f for image in images for f in (image_files(image) if Path(image).is_dir() else [Path(image)])]
     predictor, failed = load_predictor(model), 0
-    for start in range(0, len(paths), predictor.bs):
-        chunk = paths[start:start + predictor.bs]
+    step = predictor.bs*predictor.workers  # a batch for each thread, then the answers are printed
+    for start in range(0, len(paths), step):
+        chunk = paths[start:start + step]
         try: answers = list(zip(chunk, predictor.predict(chunk, top_k=top_k, tta=tta)))
         except ValueError: answers = [(p, _predict_one(predictor, p, top_k, tta)) for p in chunk]
         for path, best in answers:
