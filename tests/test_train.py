@@ -1,5 +1,6 @@
 "Training, export and prediction on real photos: small images, one short epoch, the offline MobileNetV2 weights"
 import csv
+import importlib.util
 import io
 import os
 import re
@@ -154,3 +155,22 @@ def test_command_line(trained, small, tmp_path, torch_home):
     assert len(lines) == 2*(len(image_files(folder)) + 1)
     assert all(len(line) == 3 and line[1] in CLASSES and 0 <= float(line[2]) <= 1 for line in lines)
     assert predicted.returncode != 0 and "broken.jpg" in predicted.stderr
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs the onnx extra")
+def test_predicting_from_model_onnx_needs_neither_torch_nor_fastai(trained, small, tmp_path):
+    learn, out = trained
+    assert out.with_suffix(".onnx").exists()
+    photos = image_files(small/"validation")[::7]
+    script = ("import sys\nfrom trendyol_clf.predict import predict_cli\n"
+              f"sys.argv = ['trendyol-predict', {str(out)!r}, *{[str(p) for p in photos]!r}, '--top-k', '1']\n"
+              "predict_cli()\n"
+              "print('loaded:', *sorted(m for m in ('torch', 'fastai', 'torchvision') if m in sys.modules))")
+    (tmp_path/"predict.py").write_text(script)  # run as a script, the way the console script runs
+    done = subprocess.run([sys.executable, str(tmp_path/"predict.py")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    *lines, loaded = done.stdout.strip().splitlines()
+    assert loaded == "loaded:"  # none of the heavy libraries
+    on_torch = load_predictor(out, backend="torch").predict(photos, top_k=1)
+    assert [line.split("\t")[:2] for line in lines] == [[str(p), best[0][0]] for p, best in zip(photos, on_torch)]
+    assert max(abs(float(line.split("\t")[2]) - best[0][1]) for line, best in zip(lines, on_torch)) < 1e-3

@@ -108,7 +108,8 @@ class PipelineResult:
                  "cleaning moved: " + (", ".join(f"{i} {n}" for i, n in self.removed.items()) or "nothing"),
                  self.history.to_string(index=False) if len(self.history) else "",
                  f"accuracy on {int(self.per_class.support.sum())} held-out photos: {self.accuracy:.4f}",
-                 f"model: {self.model} (+ .safetensors, .json)",
+                 f"model: {self.model} (+ " + ", ".join(suffix for suffix in (".safetensors", ".json", ".onnx")
+                                                        if self.model.with_suffix(suffix).exists()) + ")",
                  f"serve it: {self.serve_command}"]
         if self.skipped: lines.insert(0, f"resumed: {', '.join(self.skipped)} taken from the earlier run")
         return "\n".join(line for line in lines if line)

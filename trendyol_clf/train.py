@@ -49,7 +49,7 @@ from fastai.losses import LabelSmoothingCrossEntropyFlat
 from fastai.metrics import accuracy
 from fastai.optimizer import OptimWrapper
 from fastai.torch_core import TensorImage, find_bs, set_seed
-from fastai.vision.augment import Resize, ResizeMethod, aug_transforms
+from fastai.vision.augment import Resize, aug_transforms
 from fastai.vision.core import PILImage, image2tensor
 from fastai.vision.data import ImageBlock, imagenet_stats
 from fastai.vision.learner import create_body, create_vision_model, default_split, model_meta, vision_learner
@@ -58,28 +58,18 @@ from fastprogress.fastprogress import progress_bar
 from PIL import Image, UnidentifiedImageError
 from safetensors.torch import load_file, save_file
 
+from .predict import (IMAGE_EXTENSIONS, BasePredictor, OnnxPredictor, exact_resize, file_sha256,
+                                  image_files, load_onnx_predictor, onnx_session, open_photo, predict_cli)
+
 # %% auto #0
-__all__ = ['IMAGE_EXTENSIONS', 'HEAD_CONFIG', 'FORMAT_VERSION', 'image_files', 'split_folders', 'grouped_split', 'product_groups',
-           'exact_resize', 'ImageCache', 'image_dataloaders', 'class_balance', 'register_arch', 'resolve_arch',
-           'MissingWeightsError', 'cached_weights', 'find_weights', 'load_state_dict', 'create_learner', 'model_config',
-           'export_model', 'build_model', 'Predictor', 'load_predictor', 'EpochHistory', 'ProgressiveResize',
-           'fit_head', 'suggest_lr', 'body_blocks', 'cache_activations', 'top_learner', 'train_classifier',
-           'sample_dataset', 'labelled_images', 'evaluate', 'plot_confusion', 'plot_top_losses', 'compute_speed',
-           'pipeline_speed', 'train_cli', 'evaluate_cli', 'predict_cli']
+__all__ = ['HEAD_CONFIG', 'FORMAT_VERSION', 'split_folders', 'grouped_split', 'product_groups', 'ImageCache', 'image_dataloaders',
+           'class_balance', 'register_arch', 'resolve_arch', 'MissingWeightsError', 'cached_weights', 'find_weights',
+           'load_state_dict', 'create_learner', 'model_config', 'export_model', 'build_model', 'Predictor',
+           'load_predictor', 'EpochHistory', 'ProgressiveResize', 'fit_head', 'suggest_lr', 'body_blocks',
+           'cache_activations', 'top_learner', 'train_classifier', 'sample_dataset', 'labelled_images', 'evaluate',
+           'plot_confusion', 'plot_top_losses', 'compute_speed', 'pipeline_speed', 'train_cli', 'evaluate_cli']
 
 # %% ../nbs/03_train.ipynb #87041c53
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
-
-def _is_hidden(path: Path, root: Path) -> bool:
-    return any(part.startswith(("_", ".")) for part in path.relative_to(root).parts)
-
-def image_files(folder: Path # a folder of images, searched recursively
-               ) -> list[Path]:
-    "The image files under `folder`, sorted, skipping folders that start with `_` or `.`"
-    folder = Path(folder)
-    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
-                  and not _is_hidden(p, folder))
-
 def split_folders(data: Path # a dataset folder
                  ) -> tuple[Path, Path] | None:
     "The `(train, valid)` folders of `data` when it has `train/` and `valid/` or `validation/`, else `None`"
@@ -115,18 +105,6 @@ def product_groups(data: Path,   # dataset folder holding `manifest.csv`
             for f in files]
 
 # %% ../nbs/03_train.ipynb #55c5179a
-def exact_resize(image: Image.Image, # an RGB photo
-                 size: int,          # side of the square made
-                 method: str="crop", # fastai `ResizeMethod`
-                ) -> Image.Image:
-    "What fastai's validation `Resize(size, method)` makes of `image`, pixel for pixel, with fewer copies"
-    if method != ResizeMethod.Crop: return Resize(size, method=method)(PILImage.create(image), split_idx=1)
-    width, height = image.size
-    scale = width/size if width/size < height/size else height/size  # fastai's own arithmetic, to the bit
-    side = int(scale*size)
-    left, top = int(.5*(width - side)), int(.5*(height - side))
-    return image.crop((left, top, left + side, top + side)).resize((size, size), Image.BILINEAR)
-
 class ImageCache:
     "Decoded, presized copies of images, used as fastai `get_x`; a path it does not hold is decoded"
     def __init__(self,
@@ -391,20 +369,70 @@ def _write_atomically(path, write):
     finally:
         if os.path.exists(temporary): os.remove(temporary)
 
+class _Prepared(torch.nn.Module):
+    "`network` behind the batch steps fastai takes at inference: presized uint8 photos in, logits out"
+    def __init__(self,
+                 network: torch.nn.Module, # the classifier, taking normalised `(photos, 3, size, size)`
+                 config: dict):            # the `model.json` description: sizes and normalisation
+        super().__init__()
+        self.network, self.size = network, config["size"]
+        self.resample = config["item_size"] != config["size"]
+        mean, std = (torch.tensor(config[k] or v).view(1, 3, 1, 1) for k, v in (("mean", [0.]*3), ("std", [1.]*3)))
+        self.register_buffer("scale", 1/(255*std))  # (x/255 - mean)/std as one multiply and one subtract
+        self.register_buffer("shift", mean/std)
+
+    def forward(self, pixels): # (photos, height, width, channels), uint8
+        x = pixels.permute(0, 3, 1, 2).float()  # a channels-last view: no copy
+        if self.resample:  # fastai's `affine_coord` with no transform: the same bilinear samples, much cheaper
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=True)
+        return self.network(x*self.scale - self.shift)
+
+def _onnx_bytes(model: torch.nn.Module, # a `_Prepared` network on the CPU, in eval mode
+                item_size: int,         # side of the square uint8 photos it takes
+                weights_sha256: str=None, # the weights file it was made from, recorded in its metadata
+               ) -> bytes:
+    "`model` exported to ONNX, in memory; `ImportError` without the `onnx` extra"
+    import onnx, onnxruntime  # noqa: F401 (both are needed to use what this makes)
+    exported = io.BytesIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(model, torch.zeros(1, item_size, item_size, 3, dtype=torch.uint8), exported,
+                          dynamo=False, input_names=["pixels"], output_names=["logits"],
+                          dynamic_axes={"pixels": {0: "photos"}})
+    if weights_sha256 is None: return exported.getvalue()
+    proto = onnx.load_from_string(exported.getvalue())
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "weights_sha256", weights_sha256
+    return proto.SerializeToString()
+
 def export_model(learn: Learner,        # a trained learner
                  out: Path="model.pkl", # the fastai pickle; the pickle-free pair goes next to it
                 ) -> dict:
-    "Write `out` with fastai's `export` and the pickle-free `.safetensors` + `.json` pair beside it"
+    "Write `out` with fastai's `export`, the pickle-free `.safetensors` + `.json` pair and `.onnx` beside it"
     out = Path(out).absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     config = model_config(learn)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in learn.model.state_dict().items()}
-    build_model(config).load_state_dict(state)
+    network = build_model(config)
+    network.load_state_dict(state)
     paths = dict(pickle=out, weights=out.with_suffix(".safetensors"), config=out.with_suffix(".json"))
     _write_atomically(paths["weights"], lambda p: save_file(state, str(p)))
     _write_atomically(paths["config"], lambda p: p.write_text(json.dumps(config, indent=1)))
+    exported = _exported_onnx(network, config, weights_sha256=file_sha256(paths["weights"]))
+    if exported is not None:
+        paths["onnx"] = out.with_suffix(".onnx")
+        _write_atomically(paths["onnx"], lambda p: p.write_bytes(exported))
     _write_atomically(out, lambda p: _fastai_export(learn, p))
     return paths
+
+def _exported_onnx(network, config, weights_sha256):
+    "`network` with its input steps as ONNX bytes, or `None` with the reason when it cannot be exported"
+    try: return _onnx_bytes(_Prepared(network.eval(), config), config["item_size"], weights_sha256)
+    except ImportError: return None  # without the `onnx` extra the apps run PyTorch
+    except Exception as error:
+        warnings.warn(f"No model.onnx: ONNX export failed ({type(error).__name__}: {error}); the apps will "
+                      "predict with PyTorch")
+        return None
 
 def _fastai_export(learn, path):
     with warnings.catch_warnings():
@@ -432,48 +460,14 @@ def _inference_network(model: torch.nn.Module) -> torch.nn.Module:
     except Exception: pass  # a network that torch.fx cannot trace runs unfused, as fast as before
     return network.to(memory_format=torch.channels_last)
 
-class _Prepared(torch.nn.Module):
-    "`network` behind the batch steps fastai takes at inference: presized uint8 photos in, logits out"
-    def __init__(self,
-                 network: torch.nn.Module, # the classifier, taking normalised `(photos, 3, size, size)`
-                 config: dict):            # the `model.json` description: sizes and normalisation
-        super().__init__()
-        self.network, self.size = network, config["size"]
-        self.resample = config["item_size"] != config["size"]
-        mean, std = (torch.tensor(config[k] or v).view(1, 3, 1, 1) for k, v in (("mean", [0.]*3), ("std", [1.]*3)))
-        self.register_buffer("scale", 1/(255*std))  # (x/255 - mean)/std as one multiply and one subtract
-        self.register_buffer("shift", mean/std)
-
-    def forward(self, pixels): # (photos, height, width, channels), uint8
-        x = pixels.permute(0, 3, 1, 2).float()  # a channels-last view: no copy
-        if self.resample:  # fastai's `affine_coord` with no transform: the same bilinear samples, much cheaper
-            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=True)
-        return self.network(x*self.scale - self.shift)
-
-def _onnx_network(model: torch.nn.Module, # a `_Prepared` network on the CPU, in eval mode
-                  item_size: int,         # side of the square uint8 photos it takes
-                 ):
-    "`model` exported to ONNX in memory and run by ONNX Runtime on one core: a callable from pixels to logits"
-    import onnxruntime
-    exported = io.BytesIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        torch.onnx.export(model, torch.zeros(1, item_size, item_size, 3, dtype=torch.uint8), exported,
-                          dynamo=False, input_names=["pixels"], output_names=["logits"],
-                          dynamic_axes={"pixels": {0: "photos"}})
-    options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = 1  # the `Predictor` runs one batch per core, each in its own thread
-    session = onnxruntime.InferenceSession(exported.getvalue(), options, providers=["CPUExecutionProvider"])
-    def run(pixels): return torch.from_numpy(session.run(None, {"pixels": pixels.numpy()})[0])
-    return run
-
 _BACKENDS = ("auto", "torch", "onnx")
 
-def _cpu_network(model, item_size, backend):
-    "The fastest way this machine has to run the `_Prepared` `model` on a CPU, as `backend` allows; its name"
+def _predictor(network, config, bs, backend):
+    "The fastest predictor this machine has for `network`, as `backend` allows"
     if backend not in _BACKENDS: raise ValueError(f"backend={backend!r}: use one of {', '.join(_BACKENDS)}")
-    if backend != "torch":
-        try: return _onnx_network(model, item_size), "onnx"
+    on_cpu = next(network.parameters()).device.type == "cpu"
+    if on_cpu and backend != "torch":
+        try: exported = _onnx_bytes(_Prepared(network.eval(), config), config["item_size"])
         except ImportError as error:
             if backend == "onnx":
                 raise ImportError("backend='onnx' needs ONNX Runtime and onnx: "
@@ -481,57 +475,26 @@ def _cpu_network(model, item_size, backend):
         except Exception as error:  # a network the exporter cannot handle runs on PyTorch
             if backend == "onnx": raise
             warnings.warn(f"ONNX export failed ({type(error).__name__}: {error}); predicting with PyTorch")
-    return _inference_network(model), "torch"
+        else: return OnnxPredictor(exported, config, bs=bs, workers=torch.get_num_threads())
+    return Predictor(network, config, bs=bs)
 
-class Predictor:
-    "Batched inference of a trained classifier on paths, PIL images or raw image bytes"
+class Predictor(BasePredictor):
+    "Batched inference of a trained classifier with PyTorch, on paths, PIL images or raw image bytes"
+    backend = "torch"
     def __init__(self,
                  model: torch.nn.Module, # the network, `Sequential(body, head)`
                  config: dict,           # the `model.json` description: classes, sizes, normalisation
-                 bs: int=None,           # photos per network call; when not given 32 with ONNX Runtime, 16 with
-                                         # PyTorch on a CPU (bigger batches fall out of its caches), 64 on a GPU
-                 workers: int=None,      # threads; with ONNX Runtime each decodes and runs its own batches (one
-                                         # per core by default), with PyTorch two decode ahead of the network
-                 backend: str="auto"):   # on a CPU: "onnx" (ONNX Runtime), "torch", or "auto": onnx when installed
-        self.model, self.config = model.eval(), config
-        self.classes, self.size = list(config["classes"]), config["size"]
-        self.item_size, self.resize_method = config["item_size"], config["resize_method"]
-        self.device = next(model.parameters()).device
-        prepared = _Prepared(self.model, config).to(self.device).eval()
+                 bs: int=None,           # photos per network call; when not given 16 on a CPU (bigger
+                                         # batches fall out of its caches), 64 on a GPU
+                 workers: int=2):        # threads decoding the next photos while the network runs
+        self.model, self.device = model.eval(), next(model.parameters()).device
         on_cpu = self.device.type == "cpu"
-        self.network, self.backend = (_cpu_network(prepared, self.item_size, backend) if on_cpu
-                                      else (prepared, "torch"))
-        self.bs = bs or (64 if not on_cpu else 32 if self.backend == "onnx" else 16)
-        self.workers = workers or (torch.get_num_threads() if self.backend == "onnx" else 2)
-
-    def __repr__(self):
-        return (f"Predictor({self.config['arch']}, size={self.size}, backend={self.backend}, "
-                f"classes={self.classes})")
-
-    def _image(self, image, index):
-        "The PIL image `image` as fastai's validation `Resize` makes it"
-        name = image if isinstance(image, (str, Path)) else f"image {index} ({type(image).__name__})"
-        try:
-            picture = image if isinstance(image, Image.Image) else PILImage.create(image)
-            picture = picture.convert("RGB")
-        except (UnidentifiedImageError, OSError, ValueError, TypeError, AttributeError) as error:
-            raise ValueError(f"{name} is not an image that can be read: {error}") from None
-        return exact_resize(picture, self.item_size, self.resize_method)
-
-    def _pixels(self, images, start, step):
-        "The photos `images[start:start + step]` presized and stacked: uint8 `(photos, height, width, channels)`"
-        chunk = images[start:start + step]
-        return np.stack([np.asarray(self._image(image, start + i)) for i, image in enumerate(chunk)])
+        super().__init__(config, bs or (16 if on_cpu else 64), workers)
+        prepared = _Prepared(self.model, config).to(self.device).eval()
+        self.network = _inference_network(prepared) if on_cpu else prepared
 
     def _run(self, pixels):
-        "Class probabilities of the stacked photos `pixels`, as a tensor on the CPU"
-        return self.network(torch.from_numpy(pixels).to(self.device)).float().softmax(-1).cpu()
-
-    def _probabilities(self, pixels, tta):
-        "Class probabilities of the stacked photos `pixels`, averaged with their mirror images if `tta`"
-        probs = self._run(pixels)
-        if tta: probs = (probs + self._run(np.ascontiguousarray(pixels[:, :, ::-1])))/2
-        return probs.numpy()
+        return self.network(torch.from_numpy(pixels).to(self.device)).float().softmax(-1).cpu().numpy()
 
     def probabilities(self,
                       images: list,         # paths, PIL images or raw bytes
@@ -539,50 +502,36 @@ class Predictor:
                       progress: bool=False, # show a progress bar
                      ) -> np.ndarray:
         "Class probabilities of `images`, one row per image, in the order of `classes`"
-        images, step = list(images), self.bs
-        # ONNX Runtime runs one batch per thread on one core: smaller batches when there are fewer photos
-        if self.backend == "onnx": step = max(1, min(self.bs, math.ceil(len(images)/self.workers)))
-        starts = range(0, len(images), step)
+        images, starts = list(images), range(0, len(images), self.bs)
         with ThreadPoolExecutor(self.workers) as pool, torch.inference_mode():
-            if self.backend == "onnx":
-                chunks = pool.map(lambda start: self._probabilities(self._pixels(images, start, step), tta),
-                                  starts)
-            else: chunks = (self._probabilities(pixels, tta)
-                            for pixels in self._decoded_ahead(images, starts, step, pool))
+            # the threads decode the next photos while PyTorch runs the network on every core
+            chunks = (self._probabilities(pixels, tta) for pixels in self._decoded_ahead(images, starts, pool))
             rows = list(progress_bar(chunks, total=len(starts), leave=False) if progress else chunks)
         return np.concatenate(rows) if rows else np.zeros((0, len(self.classes)), dtype=np.float32)
 
-    def _decoded_ahead(self, images, starts, step, pool):
+    def _decoded_ahead(self, images, starts, pool):
         "The stacked photos of the chunks of `images` from `starts`, the next ones decoded while the network runs"
         ahead = collections.deque()
         for start in starts:
-            ahead.append(pool.submit(self._pixels, images, start, step))
+            ahead.append(pool.submit(self._pixels, images, start, self.bs))
             if len(ahead) > self.workers: yield ahead.popleft().result()
         while ahead: yield ahead.popleft().result()
 
-    def predict(self,
-                images: list,      # paths, PIL images or raw bytes; one such item is also accepted
-                top_k: int=3,      # how many labels to return per image
-                tta: bool=False,   # average with the mirrored photos
-               ) -> list[list[tuple[str, float]]]:
-        "The `top_k` most probable `(label, probability)` pairs of each of `images`, best first"
-        if isinstance(images, (str, Path, bytes, Image.Image)): images = [images]
-        probs = self.probabilities(list(images), tta=tta)
-        best = np.argsort(-probs, axis=1)[:, :top_k]
-        return [[(self.classes[j], float(row[j])) for j in order] for row, order in zip(probs, best)]
-
 # %% ../nbs/03_train.ipynb #52dcf911
 def load_predictor(model,            # a `Learner`, or the path of `model.pkl`, `model.json` or `model.safetensors`
-                   bs: int=None,     # photos per network call; the `Predictor`'s choice when not given
+                   bs: int=None,     # photos per network call; the predictor's choice when not given
                    cpu: bool=True,   # keep the network on the CPU even when a GPU is present
                    backend: str="auto", # on a CPU: "onnx" (ONNX Runtime), "torch", or "auto": onnx when installed
-                  ) -> Predictor:
-    "A `Predictor` for `model`, preferring the pickle-free files when they exist"
+                  ) -> BasePredictor:
+    "A `Predictor` or `OnnxPredictor` for `model`, preferring the exported ONNX and pickle-free files"
+    if backend not in _BACKENDS: raise ValueError(f"backend={backend!r}: use one of {', '.join(_BACKENDS)}")
+    on_gpu = not cpu and torch.cuda.is_available()
     if isinstance(model, Learner):
-        net = model.model
-        if not cpu and torch.cuda.is_available(): net = net.cuda()
-        return Predictor(net, model_config(model), bs=bs, backend=backend)
+        return _predictor(model.model.cuda() if on_gpu else model.model, model_config(model), bs, backend)
     path = Path(model)
+    if backend != "torch" and not on_gpu:
+        found = load_onnx_predictor(path, bs=bs, workers=torch.get_num_threads())
+        if found is not None: return found
     config_path, weights_path = path.with_suffix(".json"), path.with_suffix(".safetensors")
     if config_path.exists() and weights_path.exists():
         config = json.loads(config_path.read_text())
@@ -590,12 +539,11 @@ def load_predictor(model,            # a `Learner`, or the path of `model.pkl`, 
         net.load_state_dict(load_file(str(weights_path)))
     elif path.suffix == ".pkl" and path.exists():
         learn = load_learner(path, cpu=cpu)
-        return Predictor(learn.model, model_config(learn), bs=bs, backend=backend)
+        net, config = learn.model, model_config(learn)
     else:
         raise FileNotFoundError(f"No model at {path}: expected a fastai .pkl, or {config_path.name} with "
                                 f"{weights_path.name} beside it, as `export_model` writes them")
-    if not cpu and torch.cuda.is_available(): net = net.cuda()
-    return Predictor(net, config, bs=bs, backend=backend)
+    return _predictor(net.cuda() if on_gpu else net, config, bs, backend)
 
 # %% ../nbs/03_train.ipynb #d2756996
 class EpochHistory(Callback):
@@ -1042,29 +990,3 @@ def evaluate_cli(model: str,       # model.pkl, model.json or model.safetensors
     result = evaluate(model, data, tta=tta, bs=bs)
     print(result["per_class"].to_string())
     print(f"accuracy: {result['accuracy']:.4f}")
-
-@call_parse
-def predict_cli(model: str,     # model.pkl, model.json or model.safetensors
-                *images: str,   # photos, or folders of photos
-                top_k: int=3,   # labels to print per photo
-                tta: bool=False, # average each photo with its mirror image
-               ):
-    "Print `path<TAB>label<TAB>probability` for the best labels of each photo"
-    paths = [f for image in images for f in (image_files(image) if Path(image).is_dir() else [Path(image)])]
-    predictor, failed = load_predictor(model), 0
-    step = predictor.bs*predictor.workers  # a batch for each thread, then the answers are printed
-    for start in range(0, len(paths), step):
-        chunk = paths[start:start + step]
-        try: answers = list(zip(chunk, predictor.predict(chunk, top_k=top_k, tta=tta)))
-        except ValueError: answers = [(p, _predict_one(predictor, p, top_k, tta)) for p in chunk]
-        for path, best in answers:
-            if best is None: failed += 1
-            for label, probability in best or []: print(f"{path}\t{label}\t{probability:.4f}")
-    if failed: raise SystemExit(f"{failed} of {len(paths)} files could not be read as images")
-
-def _predict_one(predictor, path, top_k, tta):
-    "The best labels of one photo, or `None` after a message on stderr when it is no image"
-    try: return predictor.predict([path], top_k=top_k, tta=tta)[0]
-    except ValueError as error:
-        print(error, file=sys.stderr)
-        return None
