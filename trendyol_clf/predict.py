@@ -117,14 +117,19 @@ class BasePredictor:
                       progress: bool=False, # show a progress bar
                      ) -> np.ndarray:
         "Class probabilities of `images`, one row per image, in the order of `classes`"
-        # each thread decodes a batch and runs it on one core: smaller batches when photos are few
         images = list(images)
+        with ThreadPoolExecutor(self.workers) as pool:
+            chunks, total = self._batches(images, tta, pool)
+            rows = list(progress_bar(chunks, total=total, leave=False) if progress else chunks)
+        return np.concatenate(rows) if rows else np.zeros((0, len(self.classes)), dtype=np.float32)
+
+    def _batches(self, images, tta, pool):
+        "The probabilities of the batches of `images` in order, as `pool` makes them, and how many there are"
+        # each thread decodes a batch and runs it on one core: smaller batches when photos are few
         step = max(1, min(self.bs, math.ceil(len(images)/self.workers)))
         starts = range(0, len(images), step)
-        with ThreadPoolExecutor(self.workers) as pool:
-            chunks = pool.map(lambda start: self._probabilities(self._pixels(images, start, step), tta), starts)
-            rows = list(progress_bar(chunks, total=len(starts), leave=False) if progress else chunks)
-        return np.concatenate(rows) if rows else np.zeros((0, len(self.classes)), dtype=np.float32)
+        def batch(start): return self._probabilities(self._pixels(images, start, step), tta)
+        return pool.map(batch, starts), len(starts)
 
     def predict(self,
                 images: list,      # paths, PIL images or raw bytes; one such item is also accepted

@@ -494,20 +494,15 @@ class Predictor(BasePredictor):
         self.network = _inference_network(prepared) if on_cpu else prepared
 
     def _run(self, pixels):
-        return self.network(torch.from_numpy(pixels).to(self.device)).float().softmax(-1).cpu().numpy()
+        with torch.inference_mode():
+            return self.network(torch.from_numpy(pixels).to(self.device)).float().softmax(-1).cpu().numpy()
 
-    def probabilities(self,
-                      images: list,         # paths, PIL images or raw bytes
-                      tta: bool=False,      # average with the mirrored photos
-                      progress: bool=False, # show a progress bar
-                     ) -> np.ndarray:
-        "Class probabilities of `images`, one row per image, in the order of `classes`"
-        images, starts = list(images), range(0, len(images), self.bs)
-        with ThreadPoolExecutor(self.workers) as pool, torch.inference_mode():
-            # the threads decode the next photos while PyTorch runs the network on every core
-            chunks = (self._probabilities(pixels, tta) for pixels in self._decoded_ahead(images, starts, pool))
-            rows = list(progress_bar(chunks, total=len(starts), leave=False) if progress else chunks)
-        return np.concatenate(rows) if rows else np.zeros((0, len(self.classes)), dtype=np.float32)
+    def _batches(self, images, tta, pool):
+        "The probabilities of the batches of `images` in order, and how many there are"
+        # the threads decode the next photos while PyTorch runs the network on every core
+        starts = range(0, len(images), self.bs)
+        batches = (self._probabilities(pixels, tta) for pixels in self._decoded_ahead(images, starts, pool))
+        return batches, len(starts)
 
     def _decoded_ahead(self, images, starts, pool):
         "The stacked photos of the chunks of `images` from `starts`, the next ones decoded while the network runs"
