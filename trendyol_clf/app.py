@@ -26,7 +26,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 import altair  # noqa: F401 (the charts need it: imported with the page, not at the first chart, 1.3 s)
 
 # module imports, not `from` imports: Streamlit runs this file as a script, outside the package
-import trendyol_clf.train as train
+import trendyol_clf.predict as predict
 import trendyol_clf.widgets as widgets
 
 # %% auto #0
@@ -42,7 +42,7 @@ DEFAULT_UPLOAD_MB = 10
 def cached_predictor(model: str # path of `model.pkl`, `model.json` or `model.safetensors`
                     ):
     "The `Predictor` of `model`, loaded once per process"
-    return train.load_predictor(model)
+    return predict.predictor_for(model)
 
 def upload_limit_bytes() -> int:
     "The largest upload the app accepts, from `TRENDYOL_CLF_MAX_UPLOAD_MB`"

@@ -23,8 +23,8 @@ from fastprogress.fastprogress import progress_bar
 from PIL import Image, UnidentifiedImageError
 
 # %% auto #0
-__all__ = ['IMAGE_EXTENSIONS', 'image_files', 'open_photo', 'exact_resize', 'BasePredictor', 'OnnxPredictor', 'onnx_session',
-           'file_sha256', 'load_onnx_predictor', 'predict_cli']
+__all__ = ['IMAGE_EXTENSIONS', 'image_files', 'split_folders', 'open_photo', 'exact_resize', 'BasePredictor', 'OnnxPredictor',
+           'onnx_session', 'file_sha256', 'load_onnx_predictor', 'predictor_for', 'predict_cli']
 
 # %% ../nbs/03a_predict.ipynb #1226ded3
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
@@ -38,6 +38,13 @@ def image_files(folder: Path # a folder of images, searched recursively
     folder = Path(folder)
     return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
                   and not _is_hidden(p, folder))
+
+def split_folders(data: Path # a dataset folder
+                 ) -> tuple[Path, Path] | None:
+    "The `(train, valid)` folders of `data` when it has `train/` and `valid/` or `validation/`, else `None`"
+    data = Path(data)
+    valid = next((data/name for name in ("valid", "validation") if (data/name).is_dir()), None)
+    return (data/"train", valid) if (data/"train").is_dir() and valid is not None else None
 
 def open_photo(image,          # a path, the raw bytes of an image file, or a PIL image
                name: str=None, # what to call it in the message; the path, or its type, when not given
@@ -192,6 +199,16 @@ def load_onnx_predictor(model,            # the path of `model.pkl`, `model.json
         return None
     return OnnxPredictor(session, json.loads(files[".json"].read_text()), bs=bs, workers=workers)
 
+# %% ../nbs/03a_predict.ipynb #9776d132
+def predictor_for(model,        # a `Learner`, or the path of any file `export_model` writes
+                  bs: int=None, # photos per network call; the predictor's choice when not given
+                 ) -> BasePredictor:
+    "The predictor of `model` that starts quickest: the `OnnxPredictor` of its `model.onnx`, else `train`'s"
+    found = load_onnx_predictor(model, bs=bs) if isinstance(model, (str, Path)) else None
+    if found is not None: return found
+    from trendyol_clf.train import load_predictor  # PyTorch and fastai rebuild the network
+    return load_predictor(model, bs=bs)
+
 # %% ../nbs/03a_predict.ipynb #8cd60f7c
 @call_parse
 def predict_cli(model: str,     # model.pkl, model.json or model.safetensors
@@ -201,10 +218,7 @@ def predict_cli(model: str,     # model.pkl, model.json or model.safetensors
                ):
     "Print `path<TAB>label<TAB>probability` for the best labels of each photo"
     paths = [f for image in images for f in (image_files(image) if Path(image).is_dir() else [Path(image)])]
-    predictor = load_onnx_predictor(model)
-    if predictor is None:  # no exported ONNX network: PyTorch and fastai rebuild the model
-        from .train import load_predictor
-        predictor = load_predictor(model)
+    predictor = predictor_for(model)
     failed, step = 0, predictor.bs*predictor.workers  # a batch for each thread, then the answers are printed
     for start in range(0, len(paths), step):
         chunk = paths[start:start + step]

@@ -59,23 +59,16 @@ from PIL import Image, UnidentifiedImageError
 from safetensors.torch import load_file, save_file
 
 from .predict import (IMAGE_EXTENSIONS, BasePredictor, OnnxPredictor, exact_resize, file_sha256,
-                                  image_files, load_onnx_predictor, onnx_session, open_photo, predict_cli)
+                                  image_files, load_onnx_predictor, onnx_session, open_photo, predict_cli,
+                                  split_folders)
 
 # %% auto #0
-__all__ = ['HEAD_CONFIG', 'FORMAT_VERSION', 'split_folders', 'grouped_split', 'product_groups', 'ImageCache', 'image_dataloaders',
-           'class_balance', 'register_arch', 'resolve_arch', 'MissingWeightsError', 'cached_weights', 'find_weights',
-           'load_state_dict', 'create_learner', 'model_config', 'export_model', 'build_model', 'Predictor',
-           'load_predictor', 'EpochHistory', 'ProgressiveResize', 'fit_head', 'suggest_lr', 'body_blocks',
-           'cache_activations', 'top_learner', 'train_classifier', 'sample_dataset', 'labelled_images', 'evaluate',
-           'plot_confusion', 'plot_top_losses', 'compute_speed', 'pipeline_speed', 'train_cli', 'evaluate_cli']
-
-# %% ../nbs/03_train.ipynb #87041c53
-def split_folders(data: Path # a dataset folder
-                 ) -> tuple[Path, Path] | None:
-    "The `(train, valid)` folders of `data` when it has `train/` and `valid/` or `validation/`, else `None`"
-    data = Path(data)
-    valid = next((data/name for name in ("valid", "validation") if (data/name).is_dir()), None)
-    return (data/"train", valid) if (data/"train").is_dir() and valid is not None else None
+__all__ = ['HEAD_CONFIG', 'FORMAT_VERSION', 'grouped_split', 'product_groups', 'ImageCache', 'image_dataloaders', 'class_balance',
+           'register_arch', 'resolve_arch', 'MissingWeightsError', 'cached_weights', 'find_weights', 'load_state_dict',
+           'create_learner', 'model_config', 'export_model', 'build_model', 'Predictor', 'load_predictor',
+           'EpochHistory', 'ProgressiveResize', 'fit_head', 'suggest_lr', 'body_blocks', 'cache_activations',
+           'top_learner', 'train_classifier', 'sample_dataset', 'labelled_images', 'evaluate', 'plot_confusion',
+           'plot_top_losses', 'compute_speed', 'pipeline_speed', 'train_cli', 'evaluate_cli']
 
 # %% ../nbs/03_train.ipynb #87dafda1
 def grouped_split(groups: list,        # the group of each item

@@ -24,7 +24,7 @@ import pandas as pd
 import requests
 from PIL import Image, UnidentifiedImageError
 
-from .train import load_predictor, split_folders
+from .predict import predictor_for, split_folders
 
 # %% auto #0
 __all__ = ['MAX_IMAGE_BYTES', 'LOG_COLUMNS', 'KEEP', 'DELETE', 'ImageInputError', 'read_image', 'fetch_image', 'uploaded_files',
@@ -117,7 +117,7 @@ def as_predictor(model # a `Learner`, a `Predictor`, or the path of `model.pkl`,
                 ):
     "A predictor with `classes` and `predict` for `model`"
     if hasattr(model, "classes") and hasattr(model, "predict"): return model
-    return load_predictor(model)
+    return predictor_for(model)
 
 @dataclass
 class Classified:
