@@ -11,9 +11,9 @@ of the validation split, each path is warmed up once, then timed in `--repeats` 
 each path in turn (so that a change of load hits them all), and the median pass counts:
 
 1. `learn.predict`: `load_learner(model.pkl).predict(path)` once per photo, as most notebooks do;
-2. `Predictor.predict`: `load_predictor(model.json, bs=bs).predict(paths)`, batched, for each of
-   `--batch-sizes`, on the backend the library picks (ONNX Runtime with the `onnx` extra, in
-   batches of 32 on a CPU), and on PyTorch at its own default batch size (16 on a CPU);
+2. `load_predictor(model.json, bs=bs).predict(paths)`, batched, for each of `--batch-sizes`, on the
+   backend the library picks (with the `onnx` extra an `OnnxPredictor` on `model.onnx`, in batches
+   of 32 on a CPU), and a PyTorch `Predictor` at its own default batch size (16 on a CPU);
 3. `trendyol-predict model.json FOLDER --top-k 1` as a subprocess: its wall time with start-up, and
    without it, that is minus the wall time of the same command on a folder of one photo;
 4. the widget's path, `classify_images(as_predictor(model.json), items)` on the photos' raw bytes,
@@ -104,7 +104,7 @@ def fastai_way(model: Path, photos: list):
 
 
 def batched_way(model: Path, photos: list, classes: list, bs: int, backend: str="auto"):
-    "A warmed-up run of `Predictor.predict` on all photos, `bs` per network call, and its converter"
+    "A warmed-up run of the predictor's `predict` on all photos, `bs` per network call, and its converter"
     predictor = load_predictor(model, bs=bs, backend=backend)
     predictor.predict(photos[:bs], top_k=len(classes))
     return lambda: predictor.predict(photos, top_k=len(classes)), lambda answers: as_matrix(answers, classes)
@@ -282,8 +282,8 @@ def measure_paths(pickled: Path, config: Path, photos: list, work: Path, batch_s
     cli_without = [whole - one for whole, one in zip(seconds[cli], seconds[cli_one])]
     print(speed_table([
         ("learn.predict, one call per photo (model.pkl)", n, seconds[learn_predict]),
-        *[(f"Predictor.predict, {backend}, bs {bs}{default(bs)} (model.json)", n, seconds[bs]) for bs in batch_sizes],
-        *([(f"Predictor.predict, torch, bs {torch_bs}", n, seconds["torch"])] if "torch" in seconds else []),
+        *[(f"load_predictor(model.json), {backend}, bs {bs}{default(bs)}", n, seconds[bs]) for bs in batch_sizes],
+        *([(f"load_predictor(model.json), torch, bs {torch_bs}", n, seconds["torch"])] if "torch" in seconds else []),
         ("trendyol-predict FOLDER --top-k 1, wall with start-up", n, seconds[cli]),
         ("trendyol-predict, wall minus a 1-photo run's wall", n - 1, cli_without),
         ("widget: classify_images(as_predictor) on bytes", n, seconds["widget"]),
@@ -291,8 +291,8 @@ def measure_paths(pickled: Path, config: Path, photos: list, work: Path, batch_s
     print(f"trendyol-predict on one photo: {np.median(seconds[cli_one]):.2f} s "
           "(start-up, model load, one prediction)")
     reference = probs.pop(learn_predict)
-    names = {bs: f"Predictor.predict, {backend}, bs {bs}" for bs in batch_sizes}
-    names["torch"] = f"Predictor.predict, torch, bs {torch_bs}"
+    names = {bs: f"load_predictor, {backend}, bs {bs}" for bs in batch_sizes}
+    names["torch"] = f"load_predictor(model.json), torch, bs {torch_bs}"
     names[cli] = "trendyol-predict (top 1, 4 decimals)"
     print(agreement_table(reference, {names.get(k, k): v for k, v in probs.items()}, names[cli])
           .to_string(index=False), flush=True)
@@ -325,7 +325,7 @@ def main():
     parser.add_argument("--threads", type=int, help="torch threads here and in the processes started; "
                         "torch's default when not given")
     parser.add_argument("--batch-sizes", default="32,16,8,1", help="photos per network call of "
-                        "`Predictor.predict` to time, comma-separated; the other paths use the default")
+                        "`load_predictor(...).predict` to time, comma-separated; the other paths use the default")
     parser.add_argument("--no-browser", action="store_true", help="skip the app in headless Chromium")
     args = parser.parse_args()
     if args.threads:

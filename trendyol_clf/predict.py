@@ -55,7 +55,7 @@ def open_photo(image,          # a path, the raw bytes of an image file, or a PI
         if not isinstance(image, Image.Image):
             image = Image.open(io.BytesIO(image) if isinstance(image, (bytes, bytearray)) else image)
             image.load()
-        return image.convert("RGB")
+        return image if image.mode == "RGB" else image.convert("RGB")  # no copy when there is nothing to do
     except (UnidentifiedImageError, OSError, ValueError, TypeError, AttributeError, SyntaxError,
             Image.DecompressionBombError) as error:
         raise ValueError(f"{name} is not an image that can be read: {error}") from None

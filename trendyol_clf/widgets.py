@@ -53,7 +53,7 @@ def read_image(data: bytes,                  # the raw contents of an image file
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         raise ImageInputError(f"{name} is not an image that can be read ({type(error).__name__}): "
                               "upload a JPEG, PNG, WebP or GIF photo") from None
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 # %% ../nbs/04_widgets.ipynb #39f3cb3a
 def _refuse_response(response, url, max_bytes):
