@@ -103,7 +103,7 @@ class BasePredictor:
                 f"classes={self.classes})")
 
     def _pixels(self, images, start, step):
-        "The photos `images[start:start + step]` presized and stacked: uint8 `(photos, height, width, channels)`"
+        "The photos `images[start:start + step]` presized, stacked as uint8 `(photos, height, width, 3)`"
         def prepared(index, image):
             name = str(image) if isinstance(image, (str, Path)) else f"image {index} ({type(image).__name__})"
             return np.asarray(exact_resize(open_photo(image, name), self.item_size, self.resize_method))
@@ -153,7 +153,7 @@ class OnnxPredictor(BasePredictor):
     "Batched inference with ONNX Runtime on the CPU, one batch per core, without PyTorch or fastai"
     backend = "onnx"
     def __init__(self,
-                 model,                # the ONNX network that `export_model` writes: a path, bytes, or a session
+                 model,                # `export_model`'s ONNX network: a path, bytes, or a session
                  config: dict,         # the `model.json` description: classes, sizes, normalisation
                  bs: int=None,         # photos per network call, 32 when not given
                  workers: int=None):   # threads, each decoding and running its own batches; one per core
@@ -183,7 +183,7 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: file.read(1 << 20), b""): digest.update(block)
     return digest.hexdigest()
 
-def load_onnx_predictor(model,            # the path of `model.pkl`, `model.json`, `model.safetensors` or `model.onnx`
+def load_onnx_predictor(model,            # the path of any file `export_model` writes
                         bs: int=None,     # photos per network call, 32 when not given
                         workers: int=None # threads, one per core when not given
                        ) -> OnnxPredictor | None:

@@ -370,13 +370,14 @@ class _Prepared(torch.nn.Module):
         super().__init__()
         self.network, self.size = network, config["size"]
         self.resample = config["item_size"] != config["size"]
-        mean, std = (torch.tensor(config[k] or v).view(1, 3, 1, 1) for k, v in (("mean", [0.]*3), ("std", [1.]*3)))
+        mean, std = (torch.tensor(config[k] or default).view(1, 3, 1, 1)
+                     for k, default in (("mean", [0.]*3), ("std", [1.]*3)))
         self.register_buffer("scale", 1/(255*std))  # (x/255 - mean)/std as one multiply and one subtract
         self.register_buffer("shift", mean/std)
 
     def forward(self, pixels): # (photos, height, width, channels), uint8
         x = pixels.permute(0, 3, 1, 2).float()  # a channels-last view: no copy
-        if self.resample:  # fastai's `affine_coord` with no transform: the same bilinear samples, much cheaper
+        if self.resample:  # fastai's `affine_coord` without a transform: its bilinear samples, cheaper
             x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=True)
         return self.network(x*self.scale - self.shift)
 
@@ -498,7 +499,7 @@ class Predictor(BasePredictor):
         return batches, len(starts)
 
     def _decoded_ahead(self, images, starts, pool):
-        "The stacked photos of the chunks of `images` from `starts`, the next ones decoded while the network runs"
+        "The stacked photos of the chunks of `images` from `starts`, decoded ahead while the network runs"
         ahead = collections.deque()
         for start in starts:
             ahead.append(pool.submit(self._pixels, images, start, self.bs))
