@@ -280,10 +280,12 @@ def measure_paths(pickled: Path, config: Path, photos: list, work: Path, batch_s
     seconds, results = interleaved({name: run for name, (run, _) in ways.items()}, repeats)
     probs = {name: to_probs(results[name]) for name, (_, to_probs) in ways.items() if to_probs}
     cli_without = [whole - one for whole, one in zip(seconds[cli], seconds[cli_one])]
+    batched = [(f"load_predictor(model.json), {backend}, bs {bs}{default(bs)}", n, seconds[bs])
+               for bs in batch_sizes]
+    if "torch" in seconds: batched.append((f"load_predictor(model.json), torch, bs {torch_bs}", n, seconds["torch"]))
     print(speed_table([
         ("learn.predict, one call per photo (model.pkl)", n, seconds[learn_predict]),
-        *[(f"load_predictor(model.json), {backend}, bs {bs}{default(bs)}", n, seconds[bs]) for bs in batch_sizes],
-        *([(f"load_predictor(model.json), torch, bs {torch_bs}", n, seconds["torch"])] if "torch" in seconds else []),
+        *batched,
         ("trendyol-predict FOLDER --top-k 1, wall with start-up", n, seconds[cli]),
         ("trendyol-predict, wall minus a 1-photo run's wall", n - 1, cli_without),
         ("widget: classify_images(as_predictor) on bytes", n, seconds["widget"]),
@@ -325,7 +327,8 @@ def main():
     parser.add_argument("--threads", type=int, help="torch threads here and in the processes started; "
                         "torch's default when not given")
     parser.add_argument("--batch-sizes", default="32,16,8,1", help="photos per network call of "
-                        "`load_predictor(...).predict` to time, comma-separated; the other paths use the default")
+                        "`load_predictor(...).predict` to time, comma-separated; the other paths use the "
+                        "default")
     parser.add_argument("--no-browser", action="store_true", help="skip the app in headless Chromium")
     args = parser.parse_args()
     if args.threads:

@@ -87,7 +87,8 @@ def test_image_address(page, web):
 def test_the_model_loads_once_per_process(tiny_model, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     calls = []
-    monkeypatch.setattr(app.predict, "predictor_for", lambda model: calls.append(model) or load_predictor(model))
+    def counted(model): return calls.append(model) or load_predictor(model)
+    monkeypatch.setattr(app.predict, "predictor_for", counted)
     app.cached_predictor.clear()
     monkeypatch.setenv(app.MODEL_VARIABLE, str(tiny_model))
     hat = photos("hat", 1)[0]

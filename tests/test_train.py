@@ -162,8 +162,9 @@ def test_predicting_from_model_onnx_needs_neither_torch_nor_fastai(trained, smal
     learn, out = trained
     assert out.with_suffix(".onnx").exists()
     photos = image_files(small/"validation")[::7]
+    argv = ["trendyol-predict", str(out), *map(str, photos), "--top-k", "1"]
     script = ("import sys\nfrom trendyol_clf.predict import predict_cli\n"
-              f"sys.argv = ['trendyol-predict', {str(out)!r}, *{[str(p) for p in photos]!r}, '--top-k', '1']\n"
+              f"sys.argv = {argv!r}\n"
               "predict_cli()\n"
               "print('loaded:', *sorted(m for m in ('torch', 'fastai', 'torchvision') if m in sys.modules))")
     (tmp_path/"predict.py").write_text(script)  # run as a script, the way the console script runs
@@ -172,5 +173,6 @@ def test_predicting_from_model_onnx_needs_neither_torch_nor_fastai(trained, smal
     *lines, loaded = done.stdout.strip().splitlines()
     assert loaded == "loaded:"  # none of the heavy libraries
     on_torch = load_predictor(out, backend="torch").predict(photos, top_k=1)
-    assert [line.split("\t")[:2] for line in lines] == [[str(p), best[0][0]] for p, best in zip(photos, on_torch)]
+    expected = [[str(p), best[0][0]] for p, best in zip(photos, on_torch)]
+    assert [line.split("\t")[:2] for line in lines] == expected
     assert max(abs(float(line.split("\t")[2]) - best[0][1]) for line, best in zip(lines, on_torch)) < 1e-3

@@ -102,14 +102,18 @@ class PipelineResult:
         "The command that opens the web app on this model"
         return f"trendyol-app {self.model.with_suffix('.json')}"
 
+    def _beside_model(self) -> list:
+        "The suffixes of the other model files `export_model` wrote beside the pickle"
+        return [suffix for suffix in (".safetensors", ".json", ".onnx")
+                if self.model.with_suffix(suffix).exists()]
+
     def summary(self) -> str:
         "A few lines a person reads at the end of a run"
         lines = [f"photos per class: " + ", ".join(f"{c} {n}" for c, n in self.photos.items()),
                  "cleaning moved: " + (", ".join(f"{i} {n}" for i, n in self.removed.items()) or "nothing"),
                  self.history.to_string(index=False) if len(self.history) else "",
                  f"accuracy on {int(self.per_class.support.sum())} held-out photos: {self.accuracy:.4f}",
-                 f"model: {self.model} (+ " + ", ".join(suffix for suffix in (".safetensors", ".json", ".onnx")
-                                                        if self.model.with_suffix(suffix).exists()) + ")",
+                 f"model: {self.model} (+ {', '.join(self._beside_model())})",
                  f"serve it: {self.serve_command}"]
         if self.skipped: lines.insert(0, f"resumed: {', '.join(self.skipped)} taken from the earlier run")
         return "\n".join(line for line in lines if line)

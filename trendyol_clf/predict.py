@@ -1,4 +1,4 @@
-"""Photos in, the best labels out: fastai's inference steps, batched, on ONNX Runtime without PyTorch or fastai
+"""Photos in, best labels out: fastai's inference steps, batched, on ONNX Runtime without PyTorch
 
 Docs: https://trendyol-clf.github.io/trendyol-clf/predict.html.md"""
 

@@ -17,7 +17,6 @@ import math
 import os
 import random
 import shutil
-import sys
 import tempfile
 import time
 import urllib.request
@@ -55,12 +54,11 @@ from fastai.vision.data import ImageBlock, imagenet_stats
 from fastai.vision.learner import create_body, create_vision_model, default_split, model_meta, vision_learner
 from fastcore.script import call_parse
 from fastprogress.fastprogress import progress_bar
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from .predict import (IMAGE_EXTENSIONS, BasePredictor, OnnxPredictor, exact_resize, file_sha256,
-                                  image_files, load_onnx_predictor, onnx_session, open_photo, predict_cli,
-                                  split_folders)
+from .predict import BasePredictor, OnnxPredictor, exact_resize, file_sha256, image_files
+from .predict import load_onnx_predictor, predict_cli, split_folders
 
 # %% auto #0
 __all__ = ['HEAD_CONFIG', 'FORMAT_VERSION', 'grouped_split', 'product_groups', 'ImageCache', 'image_dataloaders', 'class_balance',
@@ -457,8 +455,7 @@ def _inference_network(model: torch.nn.Module) -> torch.nn.Module:
 _BACKENDS = ("auto", "torch", "onnx")
 
 def _predictor(network, config, bs, backend):
-    "The fastest predictor this machine has for `network`, as `backend` allows"
-    if backend not in _BACKENDS: raise ValueError(f"backend={backend!r}: use one of {', '.join(_BACKENDS)}")
+    "The fastest predictor this machine has for `network`, as the checked `backend` allows"
     on_cpu = next(network.parameters()).device.type == "cpu"
     if on_cpu and backend != "torch":
         try: exported = _onnx_bytes(_Prepared(network.eval(), config), config["item_size"])
