@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import NamedTuple
 
 import faiss
-import imagehash
 import numpy as np
 import pandas as pd
 from fastcore.script import call_parse
@@ -57,6 +56,7 @@ _CROP_PLACES = (0, .25, .5, .75, 1)  # where a crop box sits along each side: a 
 _VARIANT_BOXES = (*[(.9, .9, x, y) for y in _CROP_PLACES for x in _CROP_PLACES],
                   (.82, .82, .5, .5), (.9, 1, .5, .5), (1, .9, .5, .5)) # width, height, x and y position
 _THUMB_SIDE = 12
+_SQUARE_SIDE = 96 # side of the equalised grayscale square every signal and the strict check start from
 
 def _gray(img: Image.Image, side: int) -> Image.Image:
     "`img` squeezed into an equalised grayscale square of `side` pixels, transparent parts on white"
@@ -86,21 +86,36 @@ def _thumb_filters(size: int) -> tuple[np.ndarray, np.ndarray]:
     columns = np.stack([_box_filter(size, left*size, right*size, _THUMB_SIDE) for left, _, right, _ in boxes])
     return rows, columns.transpose(0, 2, 1).copy()
 
-def _thumb_vectors(gray: Image.Image) -> tuple[np.ndarray, np.ndarray]:
-    "The small unit vector of `gray`, and those of the crops in `_VARIANT_BOXES`"
-    rows, columns = _thumb_filters(gray.width)  # `gray` is square
-    thumbs = (rows @ np.asarray(gray, dtype=np.float32) @ columns).reshape(len(rows), -1)
+def _thumb_vectors(square: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "The small unit vector of a grayscale `square`, and those of its crops in `_VARIANT_BOXES`"
+    rows, columns = _thumb_filters(square.shape[0])
+    thumbs = (rows @ square.astype(np.float32) @ columns).reshape(len(rows), -1)
     thumbs -= thumbs.mean(1, keepdims=True)
     thumbs /= np.linalg.norm(thumbs, axis=1, keepdims=True) + 1e-6
     return thumbs[0], thumbs[1:].astype(np.float16)  # half the memory; a cosine moves by < 0.001
 
-def _decode(path: Path|io.BytesIO, draft_side: int) -> Image.Image:
-    "Open `path` (or its bytes) and decode all of its pixels, at reduced scale for JPEG"
+@functools.lru_cache(maxsize=None)
+def _phash_filter(side: int) -> np.ndarray:
+    "8×`side` weights: Pillow's Lanczos shrink of a `side` row to 32 pixels, then the 8 lowest DCT-II frequencies"
+    one_hot_rows = Image.fromarray(np.eye(side, dtype=np.float32))
+    shrink = np.asarray(one_hot_rows.resize((32, side), Image.LANCZOS)).T  # 32×side
+    frequencies, positions = np.arange(8)[:, None], np.arange(32)[None, :]
+    dct = np.cos(np.pi*frequencies*(2*positions + 1)/64)  # 8×32
+    return (dct @ shrink).astype(np.float32)
+
+def _phash(square: np.ndarray) -> np.ndarray:
+    "pHash of a grayscale `square` as 8 bytes: the 8×8 lowest frequencies of its 32×32 shrink above their median"
+    weights = _phash_filter(square.shape[0])
+    low = weights @ square.astype(np.float32) @ weights.T
+    return np.packbits(low.ravel() > np.median(low))
+
+def _decode(path: Path|io.BytesIO, draft_side: int, mode: str="RGB") -> Image.Image:
+    "Open `path` (or its bytes) and decode all of its pixels, at reduced scale (and in `mode`, if `L`) for JPEG"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         img = Image.open(path)
         full_size = img.size
-        img.draft("RGB", (draft_side, draft_side))
+        img.draft(mode, (draft_side, draft_side))
         img.load()
     img.info["full_size"] = full_size
     return img
@@ -115,7 +130,7 @@ def inspect_image(path: Path, # an image file
     info = dict(bytes=len(content), sha=hashlib.blake2b(content, digest_size=16).hexdigest(),
                 issue=None, detail="", width=0, height=0, format="")
     if not content: return {**info, "issue": "empty", "detail": "0 bytes"}
-    try: img = _decode(io.BytesIO(content), draft_side=64)  # the bytes read once for the digest
+    try: img = _decode(io.BytesIO(content), draft_side=2*_SQUARE_SIDE, mode="L") # bytes read once, for the digest too
     except UnidentifiedImageError:
         return {**info, "issue": "not_image", "detail": f"starts with {content[:16]!r}"}
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
@@ -124,10 +139,9 @@ def inspect_image(path: Path, # an image file
     info.update(width=width, height=height)
     if min(width, height) < min_side:
         return {**info, "issue": "too_small", "detail": f"{width}x{height} px, under {min_side} px"}
-    gray = _gray(img, 64)
-    info["phash"] = np.packbits(imagehash.phash(gray).hash.ravel())
-    info["dhash"] = np.packbits(imagehash.dhash(gray).hash.ravel())
-    info["thumb"], info["variants"] = _thumb_vectors(gray)
+    square = np.asarray(_gray(img, _SQUARE_SIDE))
+    info["phash"], info["square"] = _phash(square), square
+    info["thumb"], info["variants"] = _thumb_vectors(square)
     return info
 
 # %% ../nbs/02_clean.ipynb #449524b2
@@ -168,9 +182,8 @@ def candidate_pairs(infos: list[dict], # `inspect_image` results of the images t
         pairs.update(zip(np.minimum(firsts, seconds).tolist(), np.maximum(firsts, seconds).tolist()))
     if len(infos) < 2: return pairs
     own = np.arange(len(infos))
-    for signal in ("phash", "dhash"):
-        hashes = np.stack([info[signal] for info in infos])
-        add(own, _neighbours(hashes, hashes, neighbours, exact_search_below), lambda d: d <= max_hash_distance)
+    hashes = np.stack([info["phash"] for info in infos])
+    add(own, _neighbours(hashes, hashes, neighbours, exact_search_below), lambda d: d <= max_hash_distance)
     thumbs = np.stack([info["thumb"] for info in infos])
     variants = np.concatenate([info["variants"] for info in infos])
     keep = lambda s: s >= min_thumb_similarity
@@ -180,7 +193,7 @@ def candidate_pairs(infos: list[dict], # `inspect_image` results of the images t
     return pairs
 
 # %% ../nbs/02_clean.ipynb #b8d1bf5a
-_CHECK_SIDE = 96
+_CHECK_SIDE = _SQUARE_SIDE
 
 class _CheckPicture(NamedTuple):
     "The strict check's view of an image, computed once however many pairs it is in"
@@ -190,15 +203,24 @@ class _CheckPicture(NamedTuple):
     whole: np.ndarray  # unit vector of all of `detail`, sampled 48×48
     target: np.ndarray # unit vector of all of `small`, sampled 24×24
 
-def _check_picture(path: Path) -> _CheckPicture:
-    "The strict check's view of `path`: equalised and high-pass squares, the aspect ratio, whole-picture vectors"
-    img = _decode(path, draft_side=2*_CHECK_SIDE)
+def _halve(pixels: np.ndarray) -> np.ndarray:
+    "`pixels` at half the side: the mean of each 2×2 block, which is also what bilinear sampling at half gives"
+    return (pixels[0::2, 0::2] + pixels[1::2, 0::2] + pixels[0::2, 1::2] + pixels[1::2, 1::2])*np.float32(.25)
+
+def _check_picture(square: np.ndarray, # the image's equalised grayscale square, `_CHECK_SIDE` wide
+                   ratio: float, # width over height of the image
+                  ) -> _CheckPicture:
+    "The strict check's view of an image: equalised and high-pass squares, the aspect ratio, whole-picture vectors"
+    pixels = square.astype(np.float32)
+    blurred = np.asarray(Image.fromarray(square).filter(ImageFilter.GaussianBlur(3)), dtype=np.float32)
+    small, detail = _halve(pixels), pixels - blurred
+    return _CheckPicture(small, detail, ratio, _unit(_halve(detail)), _unit(_halve(small)))
+
+def _check_picture_of(path: Path) -> _CheckPicture:
+    "The strict check's view of the image file at `path`"
+    img = _decode(path, draft_side=2*_SQUARE_SIDE, mode="L")
     width, height = img.info["full_size"]
-    square = _gray(img, _CHECK_SIDE)
-    small = np.asarray(square.resize((_CHECK_SIDE//2, _CHECK_SIDE//2), Image.BOX), dtype=np.float32)
-    blurred = square.filter(ImageFilter.GaussianBlur(3))
-    detail = np.asarray(square, dtype=np.float32) - np.asarray(blurred, dtype=np.float32)
-    return _CheckPicture(small, detail, width/height, _sample(detail, _WHOLE, 48)[0], _sample(small, _WHOLE, 24)[0])
+    return _check_picture(np.asarray(_gray(img, _SQUARE_SIDE)), width/height)
 
 def _sample(pixels: np.ndarray, # a square picture
             boxes: np.ndarray,  # one crop box per row, `(left, top, right, bottom)` as fractions of the side
@@ -236,7 +258,7 @@ def _dot(rows, vector):
     return np.einsum("ij,j->i", rows, vector)
 
 _WHOLE = np.array([[0, 0, 1, 1]], dtype=np.float32)
-_SHIFTS = np.array(np.meshgrid(*[(-1, 0, 1)]*4)).reshape(4, -1).T.astype(np.float32) # each edge in, out or kept
+_EDGE_MOVES = np.concatenate([np.zeros((1, 4)), np.eye(4), -np.eye(4)]).astype(np.float32) # none, one edge ±
 
 def _coarse_crop(first: np.ndarray, target: np.ndarray, ratio: float) -> tuple[np.ndarray, float]:
     "The box of `_crop_boxes(ratio)` of picture `first` that best matches the whole-picture vector `target`, its score"
@@ -244,12 +266,21 @@ def _coarse_crop(first: np.ndarray, target: np.ndarray, ratio: float) -> tuple[n
     scores = _dot(_sample(first, boxes, 24), target)
     return boxes[int(np.argmax(scores))], float(scores.max())
 
-def _refined_crop(first: np.ndarray, target: np.ndarray, box: np.ndarray, steps=(.03, .015)) -> np.ndarray:
-    "`box` of picture `first` moved edge by edge, once a step, to match the whole-picture vector `target` better"
-    for step in steps:
-        boxes = np.clip(box + _SHIFTS*step, 0, 1)
-        box = boxes[int(np.argmax(_dot(_sample(first, boxes, 24), target)))]
-    return box
+def _refine(picture: np.ndarray, # the square picture the box cuts
+            target: np.ndarray, # unit vector of the whole other picture, sampled `side`×`side`
+            box: np.ndarray,    # the crop box to move, `(left, top, right, bottom)` as fractions
+            step: float,        # how far an edge moves, as a fraction of the side
+            side: int,          # the crops are compared at `side`×`side`
+           ) -> tuple[np.ndarray, float]:
+    "`box` with each edge moved by `step` the way that matches `target` better, and its score"
+    boxes = np.clip(box + _EDGE_MOVES*step, 0, 1)
+    scores = _dot(_sample(picture, boxes, side), target)
+    gains = scores[1:] - scores[0]  # each edge out, then each edge in
+    moves = np.where(gains[:4] >= gains[4:], 1, -1)*(np.maximum(gains[:4], gains[4:]) > 0)
+    joint = np.clip(box + moves*step, 0, 1).astype(np.float32)  # every edge its better way at once
+    joint_score = float(_dot(_sample(picture, joint[None], side), target)[0])
+    best = int(np.argmax(scores))
+    return (joint, joint_score) if joint_score >= scores[best] else (boxes[best], float(scores[best]))
 
 # %% ../nbs/02_clean.ipynb #f19541ae
 _FIRST_STEP_FLOOR = 0.3 # detail score under which a pair stops after the first refining step
@@ -259,7 +290,7 @@ def similarity(first: Path|tuple, # an image file, or its `_check_picture`
                second: Path|tuple, # the other image file, or its `_check_picture`
               ) -> float:
     "How surely `first` and `second` are the same photo, one maybe cropped: high-pass correlation, 1 is identical"
-    a, b = [p if isinstance(p, tuple) else _check_picture(p) for p in (first, second)]
+    a, b = [p if isinstance(p, tuple) else _check_picture_of(p) for p in (first, second)]
     whole = float(a.whole @ b.whole)
     if whole >= 0.95: return whole
     box, score = _coarse_crop(a.small, b.target, b.ratio/a.ratio)
@@ -267,14 +298,12 @@ def similarity(first: Path|tuple, # an image file, or its `_check_picture`
     one, other = a, b
     if score_swapped > score: one, other, box = b, a, box_swapped
     for step, floor in ((.03, _FIRST_STEP_FLOOR), (.015, _REFINE_FROM)):  # in the direction chosen
-        box = _refined_crop(one.small, other.target, box, steps=(step,))
-        detail = _dot(_sample(one.detail, box[None], 48), other.whole)
-        if detail[0] < floor: return max(whole, float(detail[0]))
+        for _ in range(2): box, _ = _refine(one.small, other.target, box, step, 24)
+        detail = float(_dot(_sample(one.detail, box[None], 48), other.whole)[0])
+        if detail < floor: return max(whole, detail)
     for step in (.01, .005):
-        boxes = np.clip(box + _SHIFTS*step, 0, 1)
-        detail = _dot(_sample(one.detail, boxes, 48), other.whole)
-        box = boxes[int(np.argmax(detail))]
-    return max(whole, float(detail.max()))
+        for _ in range(2): box, detail = _refine(one.detail, other.whole, box, step, 48)
+    return max(whole, detail)
 
 # %% ../nbs/02_clean.ipynb #fb628785
 def _groups(pairs, count: int) -> list[list[int]]:
@@ -295,30 +324,35 @@ def _keeper(group, rows, usual_suffix) -> int:
                                      Path(rows[i]["path"]).suffix.lower() != usual_suffix,
                                      -rows[i]["bytes"], rows[i]["path"]))
 
-_pictures = {}  # in a worker: the strict check's pictures of the images of the pairs it scores
+_squares, _pictures = {}, {} # in a worker: image index to (square, ratio), and the pictures made of them
 
-def _hold_pictures(pictures: dict|None):
-    "Start a worker holding the strict check's `pictures`"
-    global _pictures
-    _pictures = pictures or {}
+def _hold_squares(squares: dict|None):
+    "Start a worker holding the `squares` of the images whose pairs it scores"
+    global _squares, _pictures
+    _squares, _pictures = squares or {}, {}
 
 def _pool(workers: int|None, # how many; one per core when `None`
-          pictures: dict|None=None, # the strict check's pictures, for `_scores`
+          squares: dict|None=None, # image index to (square, ratio), for `_scores`
          ):
     "A pool of worker processes, forked where the platform is Linux (else threads): NumPy holds the GIL"
     workers = workers or os.cpu_count() or 1
-    if sys.platform.startswith("linux") and workers > 1:  # a forked worker inherits `pictures` unpickled
+    if sys.platform.startswith("linux") and workers > 1:  # a forked worker inherits `squares` unpickled
         return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                   initializer=_hold_pictures, initargs=(pictures,))
-    return ThreadPoolExecutor(workers, initializer=_hold_pictures, initargs=(pictures,))
+                                   initializer=_hold_squares, initargs=(squares,))
+    return ThreadPoolExecutor(workers, initializer=_hold_squares, initargs=(squares,))
+
+def _picture(i: int) -> _CheckPicture:
+    "The strict check's picture of image `i`, made once per worker"
+    if i not in _pictures: _pictures[i] = _check_picture(*_squares[i])
+    return _pictures[i]
 
 def _scores(pairs: list) -> list[float]:
-    "`similarity` of each of `pairs` of image indices, from the pictures the worker holds"
-    return [similarity(_pictures[a], _pictures[b]) for a, b in pairs]
+    "`similarity` of each of `pairs` of image indices, from the squares the worker holds"
+    return [similarity(_picture(a), _picture(b)) for a, b in pairs]
 
-def _same_pixels(first: Path, second: Path) -> bool:
-    "Whether `first` and `second` decode to the same pixels"
-    with Image.open(first) as a, Image.open(second) as b:
+def _same_pixels(paths: tuple[Path, Path]) -> bool:
+    "Whether the two image files of `paths` decode to the same pixels"
+    with Image.open(paths[0]) as a, Image.open(paths[1]) as b:
         return a.size == b.size and np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")))
 
 # %% ../nbs/02_clean.ipynb #83f97529
@@ -336,28 +370,30 @@ def find_duplicates(data: Path, # the dataset folder
     proposed = candidate_pairs([rows[i] for i in good], exact_search_below=exact_search_below)
     proposed = {(good[a], good[b]) for a, b in proposed} - exact
     scores = {pair: 1.0 for pair in exact}
-    needed, proposed = sorted({i for pair in proposed for i in pair}), sorted(proposed)
-    with _pool(workers) as pool:
-        paths = [data/rows[i]["path"] for i in needed]
-        pictures = dict(zip(needed, pool.map(_check_picture, paths, chunksize=16)))
+    proposed = sorted(proposed)
+    squares = {i: (rows[i]["square"], rows[i]["width"]/rows[i]["height"]) for pair in proposed for i in pair}
     chunks = [proposed[start:start + 64] for start in range(0, len(proposed), 64)]
-    with _pool(workers, pictures) as pool:
+    usual_suffix = Counter(Path(rows[i]["path"]).suffix.lower() for i in good).most_common(1)[0][0] if good else ""
+    with _pool(workers, squares) as pool:
         found = pool.map(_scores, chunks)
         for chunk, chunk_scores in zip(chunks, progress_bar(found, total=len(chunks), leave=False)):
             scores.update({pair: s for pair, s in zip(chunk, chunk_scores) if s >= min_similarity})
-    usual_suffix = Counter(Path(rows[i]["path"]).suffix.lower() for i in good).most_common(1)[0][0] if good else ""
+        copies = [(i, keep) for group in _groups(scores, len(rows))
+                  for keep in [_keeper(group, rows, usual_suffix)] for i in group if i != keep]
+        size = lambda i: (rows[i]["width"], rows[i]["height"])
+        compared = [(i, keep) for i, keep in copies  # a verified pair of one size: are its pixels equal?
+                    if rows[i]["sha"] != rows[keep]["sha"] and (min(i, keep), max(i, keep)) in scores
+                    and size(i) == size(keep) and rows[i]["class"] == rows[keep]["class"]]
+        paths = [(data/rows[i]["path"], data/rows[keep]["path"]) for i, keep in compared]
+        same = {pair for pair, equal in zip(compared, pool.map(_same_pixels, paths, chunksize=4)) if equal}
     found = []
-    for group in _groups(scores, len(rows)):
-        keep = _keeper(group, rows, usual_suffix)
-        for i in group:
-            if i == keep: continue
-            pair = (min(i, keep), max(i, keep))
-            same = rows[i]["sha"] == rows[keep]["sha"] or (
-                pair in scores and _same_pixels(data/rows[i]["path"], data/rows[keep]["path"]))
-            issue = ("conflict" if rows[i]["class"] != rows[keep]["class"]
-                     else "duplicate" if same else "near_duplicate")
-            score = scores.get(pair, max(s for p, s in scores.items() if i in p))
-            found.append(dict(index=i, issue=issue, duplicate_of=rows[keep]["path"], similarity=round(score, 3)))
+    for i, keep in copies:
+        pair = (min(i, keep), max(i, keep))
+        issue = ("conflict" if rows[i]["class"] != rows[keep]["class"]
+                 else "duplicate" if rows[i]["sha"] == rows[keep]["sha"] or (i, keep) in same
+                 else "near_duplicate")
+        score = scores.get(pair, max(s for p, s in scores.items() if i in p))
+        found.append(dict(index=i, issue=issue, duplicate_of=rows[keep]["path"], similarity=round(score, 3)))
     return found
 
 # %% ../nbs/02_clean.ipynb #6492e72c
