@@ -78,18 +78,23 @@ def _box_filter(size: int, start: float, end: float, side: int) -> np.ndarray:
     return np.asarray(one_hot_rows.resize((side, size), Image.BOX, box=(start, 0, end, size))).T.copy()
 
 @functools.lru_cache(maxsize=None)
-def _thumb_filters(size: int) -> tuple[np.ndarray, np.ndarray]:
-    "Row and column weights that shrink a `size` square, whole and cut to each of `_VARIANT_BOXES`"
+def _thumb_filters(size: int) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
+    "Row and column weights that shrink a `size` square, whole and cut to each of `_VARIANT_BOXES`, and which is whose"
     boxes = [(0, 0, 1, 1)] + [((1-bw)*x, (1-bh)*y, (1-bw)*x + bw, (1-bh)*y + bh)
                               for bw, bh, x, y in _VARIANT_BOXES]
-    rows = np.stack([_box_filter(size, top*size, bottom*size, _THUMB_SIDE) for _, top, _, bottom in boxes])
-    columns = np.stack([_box_filter(size, left*size, right*size, _THUMB_SIDE) for left, _, right, _ in boxes])
-    return rows, columns.transpose(0, 2, 1).copy()
+    spans = {"rows": [(top, bottom) for _, top, _, bottom in boxes],
+             "columns": [(left, right) for left, _, right, _ in boxes]}
+    unique = {axis: sorted(set(found)) for axis, found in spans.items()}  # many boxes share a row or column span
+    filters = {axis: np.stack([_box_filter(size, start*size, end*size, _THUMB_SIDE) for start, end in unique[axis]])
+               for axis in spans}
+    row_of, column_of = [[unique[axis].index(span) for span in spans[axis]] for axis in ("rows", "columns")]
+    return filters["rows"], filters["columns"].transpose(0, 2, 1).copy(), row_of, column_of
 
 def _thumb_vectors(square: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     "The small unit vector of a grayscale `square`, and those of its crops in `_VARIANT_BOXES`"
-    rows, columns = _thumb_filters(square.shape[0])
-    thumbs = (rows @ square.astype(np.float32) @ columns).reshape(len(rows), -1)
+    rows, columns, row_of, column_of = _thumb_filters(square.shape[0])
+    shrunk_rows = rows @ square.astype(np.float32)  # each row span once, then each box its column span
+    thumbs = (shrunk_rows[row_of] @ columns[column_of]).reshape(len(row_of), -1)
     thumbs -= thumbs.mean(1, keepdims=True)
     thumbs /= np.linalg.norm(thumbs, axis=1, keepdims=True) + 1e-6
     return thumbs[0], thumbs[1:].astype(np.float16)  # half the memory; a cosine moves by < 0.001
@@ -115,10 +120,15 @@ def _decode(path: Path|io.BytesIO, draft_side: int, mode: str="RGB") -> Image.Im
         warnings.simplefilter("ignore")
         img = Image.open(path)
         full_size = img.size
-        img.draft(mode, (draft_side, draft_side))
+        drafted = img.draft(mode, (draft_side, draft_side)) is not None
         img.load()
-    img.info["full_size"] = full_size
+    img.info.update(full_size=full_size, drafted=drafted)  # `drafted`: smaller or grayer than the file's pixels
     return img
+
+def _pixel_digest(image: Path|Image.Image) -> str:
+    "SHA-256 of the RGB pixels of `image` (or of the image file at that path), decoded in full"
+    if isinstance(image, Image.Image): return hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()
+    with Image.open(image) as img: return _pixel_digest(img)
 
 # %% ../nbs/02_clean.ipynb #4bb81325
 def inspect_image(path: Path, # an image file
@@ -127,7 +137,7 @@ def inspect_image(path: Path, # an image file
     "Size, digest and perceptual signals of the image at `path`, or its `issue` when it is broken"
     path = Path(path)
     content = path.read_bytes()
-    info = dict(bytes=len(content), sha=hashlib.blake2b(content, digest_size=16).hexdigest(),
+    info = dict(bytes=len(content), sha=hashlib.sha256(content).hexdigest(),
                 issue=None, detail="", width=0, height=0, format="")
     if not content: return {**info, "issue": "empty", "detail": "0 bytes"}
     try: img = _decode(io.BytesIO(content), draft_side=2*_SQUARE_SIDE, mode="L") # bytes read once, for the digest too
@@ -139,6 +149,7 @@ def inspect_image(path: Path, # an image file
     info.update(width=width, height=height)
     if min(width, height) < min_side:
         return {**info, "issue": "too_small", "detail": f"{width}x{height} px, under {min_side} px"}
+    if not img.info["drafted"]: info["pixels"] = _pixel_digest(img)  # all its pixels: a pixel copy needs no decode again
     square = np.asarray(_gray(img, _SQUARE_SIDE))
     info["phash"], info["square"] = _phash(square), square
     info["thumb"], info["variants"] = _thumb_vectors(square)
@@ -174,13 +185,21 @@ def candidate_pairs(infos: list[dict], # `inspect_image` results of the images t
                     exact_search_below: int=20_000, # exact indexes below this many images, HNSW above
                    ) -> set[tuple[int, int]]:
     "Pairs `(i, j)`, `i < j`, of `infos` that one of the cheap signals finds alike"
-    pairs = set()
-    def add(owners, found, keep):
-        distances, indices = found
-        chosen = (indices >= 0) & (indices != owners[:, None]) & keep(distances)
-        firsts, seconds = np.broadcast_to(owners[:, None], indices.shape)[chosen], indices[chosen]
-        pairs.update(zip(np.minimum(firsts, seconds).tolist(), np.maximum(firsts, seconds).tolist()))
-    if len(infos) < 2: return pairs
+    return set(_candidates(infos, max_hash_distance, min_thumb_similarity, neighbours, exact_search_below))
+
+def _candidates(infos, max_hash_distance, min_thumb_similarity, neighbours, exact_search_below) -> dict:
+    "`candidate_pairs`, each with `uncropped` (see `similarity`): 0 or 1 when a crop of that image looked like the other"
+    found, best = {}, {}
+    def add(owners, search, keep, crops=False):
+        scores, indices = search
+        chosen = (indices >= 0) & (indices != owners[:, None]) & keep(scores)
+        firsts = np.broadcast_to(owners[:, None], indices.shape)[chosen].tolist()
+        for first, second, score in zip(firsts, indices[chosen].tolist(), scores[chosen].tolist()):
+            pair = (min(first, second), max(first, second))
+            if not crops: found.setdefault(pair, None)
+            elif score > best.get(pair, -1):  # a crop of `first` looked like `second`, the best such so far
+                found[pair], best[pair] = int(first != pair[0]), score
+    if len(infos) < 2: return found
     own = np.arange(len(infos))
     hashes = np.stack([info["phash"] for info in infos])
     add(own, _neighbours(hashes, hashes, neighbours, exact_search_below), lambda d: d <= max_hash_distance)
@@ -189,8 +208,8 @@ def candidate_pairs(infos: list[dict], # `inspect_image` results of the images t
     keep = lambda s: s >= min_thumb_similarity
     add(own, _neighbours(thumbs, thumbs, neighbours, exact_search_below), keep)
     owners = np.repeat(own, len(_VARIANT_BOXES))
-    add(owners, _neighbours(thumbs, variants, neighbours, exact_search_below), keep)
-    return pairs
+    add(owners, _neighbours(thumbs, variants, neighbours, exact_search_below), keep, crops=True)
+    return found
 
 # %% ../nbs/02_clean.ipynb #b8d1bf5a
 _CHECK_SIDE = _SQUARE_SIDE
@@ -268,19 +287,22 @@ def _coarse_crop(first: np.ndarray, target: np.ndarray, ratio: float) -> tuple[n
 
 def _refine(picture: np.ndarray, # the square picture the box cuts
             target: np.ndarray, # unit vector of the whole other picture, sampled `side`×`side`
-            box: np.ndarray,    # the crop box to move, `(left, top, right, bottom)` as fractions
+            box: np.ndarray,    # the crop box to start from, `(left, top, right, bottom)` as fractions
             step: float,        # how far an edge moves, as a fraction of the side
             side: int,          # the crops are compared at `side`×`side`
+            rounds: int=2,      # times every edge moves
            ) -> tuple[np.ndarray, float]:
-    "`box` with each edge moved by `step` the way that matches `target` better, and its score"
-    boxes = np.clip(box + _EDGE_MOVES*step, 0, 1)
-    scores = _dot(_sample(picture, boxes, side), target)
-    gains = scores[1:] - scores[0]  # each edge out, then each edge in
-    moves = np.where(gains[:4] >= gains[4:], 1, -1)*(np.maximum(gains[:4], gains[4:]) > 0)
-    joint = np.clip(box + moves*step, 0, 1).astype(np.float32)  # every edge its better way at once
-    joint_score = float(_dot(_sample(picture, joint[None], side), target)[0])
-    best = int(np.argmax(scores))
-    return (joint, joint_score) if joint_score >= scores[best] else (boxes[best], float(scores[best]))
+    "The best box found moving each edge of `box` by `step`, `rounds` times, to match `target`, and its score"
+    best_box, best_score = box, -2.0
+    for _ in range(rounds):
+        boxes = np.clip(box + _EDGE_MOVES*step, 0, 1)
+        scores = _dot(_sample(picture, boxes, side), target)
+        top = int(np.argmax(scores))
+        if scores[top] > best_score: best_box, best_score = boxes[top], float(scores[top])
+        gains = scores[1:] - scores[0]  # each edge out, then each edge in
+        moves = np.where(gains[:4] >= gains[4:], 1, -1)*(np.maximum(gains[:4], gains[4:]) > 0)
+        box = np.clip(box + moves*step, 0, 1).astype(np.float32)  # every edge its better way at once
+    return best_box, best_score
 
 # %% ../nbs/02_clean.ipynb #f19541ae
 _FIRST_STEP_FLOOR = 0.3 # detail score under which a pair stops after the first refining step
@@ -288,21 +310,26 @@ _REFINE_FROM = 0.5 # a crop box scoring less than this before the fine shifts ne
 
 def similarity(first: Path|tuple, # an image file, or its `_check_picture`
                second: Path|tuple, # the other image file, or its `_check_picture`
+               uncropped: int|None=None, # 0: `second` may be a crop of `first`; 1: the reverse; `None`: either
               ) -> float:
     "How surely `first` and `second` are the same photo, one maybe cropped: high-pass correlation, 1 is identical"
     a, b = [p if isinstance(p, tuple) else _check_picture_of(p) for p in (first, second)]
     whole = float(a.whole @ b.whole)
     if whole >= 0.95: return whole
-    box, score = _coarse_crop(a.small, b.target, b.ratio/a.ratio)
-    box_swapped, score_swapped = _coarse_crop(b.small, a.target, a.ratio/b.ratio)
-    one, other = a, b
-    if score_swapped > score: one, other, box = b, a, box_swapped
+    if uncropped is None:  # the coarse crop search both ways, and the way that matched better
+        box, score = _coarse_crop(a.small, b.target, b.ratio/a.ratio)
+        box_swapped, score_swapped = _coarse_crop(b.small, a.target, a.ratio/b.ratio)
+        one, other = a, b
+        if score_swapped > score: one, other, box = b, a, box_swapped
+    else:
+        one, other = (a, b) if uncropped == 0 else (b, a)
+        box, _ = _coarse_crop(one.small, other.target, other.ratio/one.ratio)
     for step, floor in ((.03, _FIRST_STEP_FLOOR), (.015, _REFINE_FROM)):  # in the direction chosen
-        for _ in range(2): box, _ = _refine(one.small, other.target, box, step, 24)
+        box, _ = _refine(one.small, other.target, box, step, 24)
         detail = float(_dot(_sample(one.detail, box[None], 48), other.whole)[0])
         if detail < floor: return max(whole, detail)
     for step in (.01, .005):
-        for _ in range(2): box, detail = _refine(one.detail, other.whole, box, step, 48)
+        box, detail = _refine(one.detail, other.whole, box, step, 48)
     return max(whole, detail)
 
 # %% ../nbs/02_clean.ipynb #fb628785
@@ -347,13 +374,8 @@ def _picture(i: int) -> _CheckPicture:
     return _pictures[i]
 
 def _scores(pairs: list) -> list[float]:
-    "`similarity` of each of `pairs` of image indices, from the squares the worker holds"
-    return [similarity(_picture(a), _picture(b)) for a, b in pairs]
-
-def _same_pixels(paths: tuple[Path, Path]) -> bool:
-    "Whether the two image files of `paths` decode to the same pixels"
-    with Image.open(paths[0]) as a, Image.open(paths[1]) as b:
-        return a.size == b.size and np.array_equal(np.asarray(a.convert("RGB")), np.asarray(b.convert("RGB")))
+    "`similarity` of each of `pairs`, `(i, j, uncropped)`, from the squares the worker holds"
+    return [similarity(_picture(a), _picture(b), uncropped) for a, b, uncropped in pairs]
 
 # %% ../nbs/02_clean.ipynb #83f97529
 def find_duplicates(data: Path, # the dataset folder
@@ -367,25 +389,27 @@ def find_duplicates(data: Path, # the dataset folder
     by_digest = {}
     for i in good: by_digest.setdefault(rows[i]["sha"], []).append(i)
     exact = {(g[0], j) for g in by_digest.values() for j in g[1:]}
-    proposed = candidate_pairs([rows[i] for i in good], exact_search_below=exact_search_below)
-    proposed = {(good[a], good[b]) for a, b in proposed} - exact
+    proposed = _candidates([rows[i] for i in good], 10, 0.94, 4, exact_search_below)
+    proposed = sorted((good[a], good[b], uncropped) for (a, b), uncropped in proposed.items()
+                      if (good[a], good[b]) not in exact)
     scores = {pair: 1.0 for pair in exact}
-    proposed = sorted(proposed)
-    squares = {i: (rows[i]["square"], rows[i]["width"]/rows[i]["height"]) for pair in proposed for i in pair}
+    squares = {i: (rows[i]["square"], rows[i]["width"]/rows[i]["height"]) for a, b, _ in proposed for i in (a, b)}
     chunks = [proposed[start:start + 64] for start in range(0, len(proposed), 64)]
     usual_suffix = Counter(Path(rows[i]["path"]).suffix.lower() for i in good).most_common(1)[0][0] if good else ""
     with _pool(workers, squares) as pool:
         found = pool.map(_scores, chunks)
         for chunk, chunk_scores in zip(chunks, progress_bar(found, total=len(chunks), leave=False)):
-            scores.update({pair: s for pair, s in zip(chunk, chunk_scores) if s >= min_similarity})
+            scores.update({(a, b): s for (a, b, _), s in zip(chunk, chunk_scores) if s >= min_similarity})
         copies = [(i, keep) for group in _groups(scores, len(rows))
                   for keep in [_keeper(group, rows, usual_suffix)] for i in group if i != keep]
         size = lambda i: (rows[i]["width"], rows[i]["height"])
         compared = [(i, keep) for i, keep in copies  # a verified pair of one size: are its pixels equal?
                     if rows[i]["sha"] != rows[keep]["sha"] and (min(i, keep), max(i, keep)) in scores
                     and size(i) == size(keep) and rows[i]["class"] == rows[keep]["class"]]
-        paths = [(data/rows[i]["path"], data/rows[keep]["path"]) for i, keep in compared]
-        same = {pair for pair, equal in zip(compared, pool.map(_same_pixels, paths, chunksize=4)) if equal}
+        missing = sorted({j for pair in compared for j in pair if "pixels" not in rows[j]}) # JPEGs: drafts only
+        digests = {j: rows[j].get("pixels") for pair in compared for j in pair}
+        digests.update(zip(missing, pool.map(_pixel_digest, [data/rows[j]["path"] for j in missing], chunksize=4)))
+        same = {(i, keep) for i, keep in compared if digests[i] == digests[keep]}
     found = []
     for i, keep in copies:
         pair = (min(i, keep), max(i, keep))
