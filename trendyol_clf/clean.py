@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from fastcore.script import call_parse
 from fastprogress.fastprogress import progress_bar
-from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFilter, UnidentifiedImageError
 
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'ISSUES', 'REPORT_COLUMNS', 'list_images', 'inspect_image', 'candidate_pairs', 'similarity',
@@ -58,12 +58,20 @@ _VARIANT_BOXES = (*[(.9, .9, x, y) for y in _CROP_PLACES for x in _CROP_PLACES],
 _THUMB_SIDE = 12
 _SQUARE_SIDE = 96 # side of the equalised grayscale square every signal and the strict check start from
 
-def _gray(img: Image.Image, side: int) -> Image.Image:
+def _equalise(pixels: np.ndarray) -> np.ndarray:
+    "Grayscale `pixels` with their histogram flattened, as `ImageOps.equalize` does it, in NumPy"
+    counts = np.bincount(pixels.ravel(), minlength=256)
+    used = counts[counts > 0]
+    step = (used.sum() - used[-1])//255 if len(used) > 1 else 0
+    if not step: return pixels
+    return np.minimum((step//2 + np.cumsum(counts) - counts)//step, 255).astype(np.uint8)[pixels]
+
+def _square(img: Image.Image, side: int) -> np.ndarray:
     "`img` squeezed into an equalised grayscale square of `side` pixels, transparent parts on white"
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-    return ImageOps.equalize(img.convert("L").resize((side, side), Image.BOX))
+    return _equalise(np.asarray(img.convert("L").resize((side, side), Image.BOX)))
 
 def _unit(pixels) -> np.ndarray:
     "`pixels` flattened, centred and scaled to unit length"
@@ -111,8 +119,9 @@ def _phash_filter(side: int) -> np.ndarray:
 def _phash(square: np.ndarray) -> np.ndarray:
     "pHash of a grayscale `square` as 8 bytes: the 8×8 lowest frequencies of its 32×32 shrink above their median"
     weights = _phash_filter(square.shape[0])
-    low = weights @ square.astype(np.float32) @ weights.T
-    return np.packbits(low.ravel() > np.median(low))
+    low = (weights @ square.astype(np.float32) @ weights.T).ravel()
+    middle = np.sort(low)[31:33].mean()  # the median of the 64
+    return np.packbits(low > middle)
 
 def _decode(path: Path|io.BytesIO, draft_side: int, mode: str="RGB") -> Image.Image:
     "Open `path` (or its bytes) and decode all of its pixels, at reduced scale (and in `mode`, if `L`) for JPEG"
@@ -150,7 +159,7 @@ def inspect_image(path: Path, # an image file
     if min(width, height) < min_side:
         return {**info, "issue": "too_small", "detail": f"{width}x{height} px, under {min_side} px"}
     if not img.info["drafted"]: info["pixels"] = _pixel_digest(img)  # all its pixels: a pixel copy needs no decode again
-    square = np.asarray(_gray(img, _SQUARE_SIDE))
+    square = _square(img, _SQUARE_SIDE)
     info["phash"], info["square"] = _phash(square), square
     info["thumb"], info["variants"] = _thumb_vectors(square)
     return info
@@ -239,7 +248,7 @@ def _check_picture_of(path: Path) -> _CheckPicture:
     "The strict check's view of the image file at `path`"
     img = _decode(path, draft_side=2*_SQUARE_SIDE, mode="L")
     width, height = img.info["full_size"]
-    return _check_picture(np.asarray(_gray(img, _SQUARE_SIDE)), width/height)
+    return _check_picture(_square(img, _SQUARE_SIDE), width/height)
 
 def _sample(pixels: np.ndarray, # a square picture
             boxes: np.ndarray,  # one crop box per row, `(left, top, right, bottom)` as fractions of the side
