@@ -149,6 +149,29 @@ def test_never_overwrites_when_moving_or_restoring(tmp_path, clothing_small):
     assert (data/"hat"/"b.jpg").read_bytes() == photo.read_bytes()
 
 
+def test_pixel_identical_files_in_other_formats_or_with_other_metadata_are_duplicates(tmp_path, clothing_small):
+    "Same pixels, different bytes: a JPEG with a comment added, PNG and TIFF saves; a lossy WebP is only near"
+    data = tmp_path/"DATA"
+    (data/"shirt").mkdir(parents=True)
+    photos = sorted((clothing_small/"train"/"shirt").glob("*.jpg"))[:6]
+    for photo in photos: shutil.copy(photo, data/"shirt"/photo.name)
+    original = photos[0].read_bytes()
+    comment = b"saved again by a CDN"
+    marker = b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment  # a JPEG comment after the start marker
+    (data/"shirt"/"commented.jpg").write_bytes(original[:2] + marker + original[2:])
+    pixels = Image.open(photos[1]).convert("RGB")
+    pixels.save(data/"shirt"/"lossless.png"); pixels.save(data/"shirt"/"lossless.tif")
+    pixels.save(data/"shirt"/"lossy.webp", quality=70)
+    report = clean(data, dry_run=True).set_index("path")
+    assert Image.open(data/"shirt"/"commented.jpg").tobytes() == Image.open(photos[0]).tobytes()
+    kept_bigger = report.loc[f"shirt/{photos[0].name}"]  # the larger file of the two is kept
+    assert kept_bigger[["issue", "duplicate_of"]].tolist() == ["duplicate", "shirt/commented.jpg"]
+    for name in ("lossless.png", "lossless.tif"):
+        assert report.loc[f"shirt/{name}", ["issue", "duplicate_of"]].tolist() == ["duplicate", f"shirt/{photos[1].name}"]
+    assert report.loc["shirt/lossy.webp", "issue"] == "near_duplicate"
+    assert len(report) == 4, report
+
+
 def test_other_photos_and_their_copies(tmp_path):
     "Photos that are not garments on white: scikit-image's samples and their edited copies"
     import skimage.data

@@ -191,7 +191,7 @@ def candidate_pairs(infos: list[dict], # `inspect_image` results of the images t
                     max_hash_distance: int=10, # Hamming distance up to which hashes propose a pair
                     min_thumb_similarity: float=0.94, # cosine from which thumbnails propose a pair
                     neighbours: int=4, # nearest neighbours looked up per signal
-                    exact_search_below: int=20_000, # exact indexes below this many images, HNSW above
+                    exact_search_below: int=5_000, # exact indexes below this many images, HNSW above
                    ) -> set[tuple[int, int]]:
     "Pairs `(i, j)`, `i < j`, of `infos` that one of the cheap signals finds alike"
     return set(_candidates(infos, max_hash_distance, min_thumb_similarity, neighbours, exact_search_below))
@@ -390,7 +390,7 @@ def _scores(pairs: list) -> list[float]:
 def find_duplicates(data: Path, # the dataset folder
                     rows: list[dict], # one per image: `path` (relative to `data`), `class`, `inspect_image` fields
                     min_similarity: float=0.8, # strict-check score from which two images are one photo
-                    exact_search_below: int=20_000, # exact neighbour search below this many images, HNSW above
+                    exact_search_below: int=5_000, # exact neighbour search below this many images, HNSW above
                     workers: int|None=None, # worker processes (threads off Linux); one per core when `None`
                    ) -> list[dict]:
     "`issue`, `duplicate_of` and `similarity` for every image that repeats another kept one"
@@ -602,7 +602,7 @@ def clean(data: Path, # dataset folder laid out as `data/<class>/<image>`
           min_side: int=64, # images with a shorter side are `too_small`
           min_similarity: float=0.8, # strict-check score from which two images are one photo
           workers: int|None=None, # worker processes (threads off Linux); one per core when `None`
-          exact_search_below: int=20_000, # exact neighbour search below this many images, HNSW above
+          exact_search_below: int=5_000, # exact neighbour search below this many images, HNSW above
          ) -> pd.DataFrame:
     "Find broken, duplicate, conflicting (and person) images of `data`; move them to `_removed/`"
     data = Path(data)
