@@ -6,7 +6,8 @@ brightened, darkened, copied into another class) and broken files (empty, trunca
 reports per kind the recall of the copy-original pairs, the precision of the pairs found, the
 recall of broken files, images per second, and a projection of the cleaner's time to 100k images
 from two measured sizes. Times are medians of `--repeats` runs, for the cleaner and imagededup alike.
-Run: `python bench/clean.py [--photos 1600] [--copies 30] [--repeats 3]`.
+Run: `python bench/clean.py [--photos 1600] [--copies 30] [--repeats 3] [--enlarge 1]`; `--enlarge 3`
+stands in for the full-size photos the scraper fetches with `--image-size 0` (about 1200x1600).
 """
 import argparse
 import random
@@ -55,7 +56,7 @@ def make_copy(source: Path, kind: str, classes: list, rng: random.Random) -> Pat
     return target
 
 
-def build(dest: Path, photos: int, copies: int, seed=0):
+def build(dest: Path, photos: int, copies: int, seed=0, enlarge=1.0):
     "The benchmark dataset: `photos` real photos, `copies` copies of each kind, broken files; truth tables"
     rng = random.Random(seed)
     shared = sorted(shared_path("data", "clothing-small").glob("*/*/*.jpg"))
@@ -64,7 +65,12 @@ def build(dest: Path, photos: int, copies: int, seed=0):
         (dest/f.parent.name).mkdir(parents=True, exist_ok=True)
         target = dest/f.parent.name/f.name
         if target.exists(): continue
-        shutil.copy(f, target); originals.append(target)
+        if enlarge == 1: shutil.copy(f, target)
+        else:  # a stand-in for full-size downloads: the photo enlarged, saved as the CDN would
+            with Image.open(f) as photo:
+                size = (round(photo.width*enlarge), round(photo.height*enlarge))
+                photo.convert("RGB").resize(size, Image.LANCZOS).save(target, quality=90)
+        originals.append(target)
     classes = sorted(p.name for p in dest.iterdir())
     sources = iter(rng.sample(originals, copies*len(KINDS) + copies*3))
     truth = [dict(copy=make_copy(s, kind, classes, rng), source=s, kind=kind)
@@ -188,11 +194,13 @@ def main():
     parser.add_argument("--photos", type=int, default=1600, help="real photos in the full-size set")
     parser.add_argument("--copies", type=int, default=30, help="injected copies of each kind")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each timing; the median is shown")
+    parser.add_argument("--enlarge", type=float, default=1.0,
+                        help="enlarge the photos (about 400x533) this many times, as a stand-in for full-size ones")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-clean-"))
     try:
         data = work/"DATA"
-        truth, broken = build(data, args.photos, args.copies)
+        truth, broken = build(data, args.photos, args.copies, enlarge=args.enlarge)
         files = len(list_images(data))
         print(f"{files} files: {args.photos} photos, {len(truth)} copies of {len(KINDS)} kinds, {len(broken)} broken; "
               f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, shared machine")
@@ -208,7 +216,7 @@ def main():
         print(f"trendyol-clf at {ours['images_per_s']/imagededup_rate(rows):.2f}x the rate of imagededup's "
               f"fastest setting; {parts}")
         small = work/"SMALL"
-        build(small, args.photos//2, args.copies//2, seed=1)
+        build(small, args.photos//2, args.copies//2, seed=1, enlarge=args.enlarge)
         _, small_seconds = timed(lambda: clean(small, dry_run=True, exact_search_below=1), args.repeats)
         sizes, times = [len(list_images(small)), files], [small_seconds, graph["seconds"]]
         exponent = np.log(times[1]/times[0])/np.log(sizes[1]/sizes[0])

@@ -87,14 +87,14 @@ def _box_filter(size: int, start: float, end: float, side: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def _thumb_filters(size: int) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
-    "Row and column weights that shrink a `size` square, whole and cut to each of `_VARIANT_BOXES`, and which is whose"
+    "Row and column weights that shrink a `size` square, whole and cut to each `_VARIANT_BOXES`; which box uses which"
     boxes = [(0, 0, 1, 1)] + [((1-bw)*x, (1-bh)*y, (1-bw)*x + bw, (1-bh)*y + bh)
                               for bw, bh, x, y in _VARIANT_BOXES]
     spans = {"rows": [(top, bottom) for _, top, _, bottom in boxes],
              "columns": [(left, right) for left, _, right, _ in boxes]}
     unique = {axis: sorted(set(found)) for axis, found in spans.items()}  # many boxes share a row or column span
-    filters = {axis: np.stack([_box_filter(size, start*size, end*size, _THUMB_SIDE) for start, end in unique[axis]])
-               for axis in spans}
+    filters = {axis: np.stack([_box_filter(size, start*size, end*size, _THUMB_SIDE)
+                               for start, end in unique[axis]]) for axis in spans}
     row_of, column_of = [[unique[axis].index(span) for span in spans[axis]] for axis in ("rows", "columns")]
     return filters["rows"], filters["columns"].transpose(0, 2, 1).copy(), row_of, column_of
 
@@ -149,7 +149,7 @@ def inspect_image(path: Path, # an image file
     info = dict(bytes=len(content), sha=hashlib.sha256(content).hexdigest(),
                 issue=None, detail="", width=0, height=0, format="")
     if not content: return {**info, "issue": "empty", "detail": "0 bytes"}
-    try: img = _decode(io.BytesIO(content), draft_side=2*_SQUARE_SIDE, mode="L") # bytes read once, for the digest too
+    try: img = _decode(io.BytesIO(content), draft_side=2*_SQUARE_SIDE, mode="L") # the bytes read once
     except UnidentifiedImageError:
         return {**info, "issue": "not_image", "detail": f"starts with {content[:16]!r}"}
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
@@ -158,7 +158,7 @@ def inspect_image(path: Path, # an image file
     info.update(width=width, height=height)
     if min(width, height) < min_side:
         return {**info, "issue": "too_small", "detail": f"{width}x{height} px, under {min_side} px"}
-    if not img.info["drafted"]: info["pixels"] = _pixel_digest(img)  # all its pixels: a pixel copy needs no decode again
+    if not img.info["drafted"]: info["pixels"] = _pixel_digest(img)  # all its pixels: no decode again later
     square = _square(img, _SQUARE_SIDE)
     info["phash"], info["square"] = _phash(square), square
     info["thumb"], info["variants"] = _thumb_vectors(square)
@@ -197,7 +197,7 @@ def candidate_pairs(infos: list[dict], # `inspect_image` results of the images t
     return set(_candidates(infos, max_hash_distance, min_thumb_similarity, neighbours, exact_search_below))
 
 def _candidates(infos, max_hash_distance, min_thumb_similarity, neighbours, exact_search_below) -> dict:
-    "`candidate_pairs`, each with `uncropped` (see `similarity`): 0 or 1 when a crop of that image looked like the other"
+    "`candidate_pairs`, each with `uncropped` (see `similarity`): 0 or 1 when a crop of that one matched the other"
     found, best = {}, {}
     def add(owners, search, keep, crops=False):
         scores, indices = search
@@ -238,7 +238,7 @@ def _halve(pixels: np.ndarray) -> np.ndarray:
 def _check_picture(square: np.ndarray, # the image's equalised grayscale square, `_CHECK_SIDE` wide
                    ratio: float, # width over height of the image
                   ) -> _CheckPicture:
-    "The strict check's view of an image: equalised and high-pass squares, the aspect ratio, whole-picture vectors"
+    "The strict check's view of an image: equalised and high-pass squares, its aspect ratio, whole-picture vectors"
     pixels = square.astype(np.float32)
     blurred = np.asarray(Image.fromarray(square).filter(ImageFilter.GaussianBlur(3)), dtype=np.float32)
     small, detail = _halve(pixels), pixels - blurred
