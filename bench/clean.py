@@ -33,7 +33,8 @@ KINDS = ("exact", "png", "resized", "reencoded", "cropped", "webp", "brightened"
 def make_copy(source: Path, kind: str, classes: list, rng: random.Random) -> Path:
     "Write a copy of `source` of `kind` beside it (or in another class) and return its path"
     target = source.with_name(f"{source.stem}_{kind}.jpg")
-    if kind == "exact": shutil.copy(source, target); return target
+    if kind == "exact":
+        target = target.with_suffix(source.suffix); shutil.copy(source, target); return target
     image = Image.open(source).convert("RGB")
     w, h = image.size
     options, suffix = dict(quality=90), ".jpg"
@@ -56,15 +57,23 @@ def make_copy(source: Path, kind: str, classes: list, rng: random.Random) -> Pat
     return target
 
 
-def build(dest: Path, photos: int, copies: int, seed=0, enlarge=1.0):
+def source_photos(source: Path|None) -> list[Path]:
+    "The photos to build from: the shared clothing photos, or every image under `source`"
+    if source is None: return sorted(shared_path("data", "clothing-small").glob("*/*/*.jpg"))
+    found = sorted(p for p in Path(source).rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+    if not found: raise SystemExit(f"No .jpg, .jpeg, .png or .webp files under {source}: pass a folder of photos")
+    return found
+
+
+def build(dest: Path, photos: int, copies: int, seed=0, enlarge=1.0, source: Path|None=None):
     "The benchmark dataset: `photos` real photos, `copies` copies of each kind, broken files; truth tables"
     rng = random.Random(seed)
-    shared = sorted(shared_path("data", "clothing-small").glob("*/*/*.jpg"))
+    found = source_photos(source)
     originals = []
-    for f in rng.sample(shared, photos):
+    for f in rng.sample(found, min(photos, len(found))):  # each in a class named after its folder
         (dest/f.parent.name).mkdir(parents=True, exist_ok=True)
-        target = dest/f.parent.name/f.name
-        if target.exists(): continue
+        target, number = dest/f.parent.name/f.name, 1
+        while target.exists(): target, number = target.with_name(f"{f.stem}~{number}{f.suffix}"), number + 1
         if enlarge == 1: shutil.copy(f, target)
         else:  # a stand-in for full-size downloads: the photo enlarged, saved as the CDN would
             with Image.open(f) as photo:
@@ -72,7 +81,11 @@ def build(dest: Path, photos: int, copies: int, seed=0, enlarge=1.0):
                 photo.convert("RGB").resize(size, Image.LANCZOS).save(target, quality=90)
         originals.append(target)
     classes = sorted(p.name for p in dest.iterdir())
-    sources = iter(rng.sample(originals, copies*len(KINDS) + copies*3))
+    needed = copies*len(KINDS) + copies*3
+    if len(originals) < needed or len(classes) < 2:
+        raise SystemExit(f"{len(originals)} photos in {len(classes)} folders: {copies} copies of each kind need "
+                         f"{needed} photos in two folders or more; pass a smaller --copies or more photos")
+    sources = iter(rng.sample(originals, needed))
     truth = [dict(copy=make_copy(s, kind, classes, rng), source=s, kind=kind)
              for kind in KINDS for s in [next(sources) for _ in range(copies)]]
     broken = []
@@ -194,15 +207,18 @@ def main():
     parser.add_argument("--photos", type=int, default=1600, help="real photos in the full-size set")
     parser.add_argument("--copies", type=int, default=30, help="injected copies of each kind")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each timing; the median is shown")
+    parser.add_argument("--source", type=Path, default=None,
+                        help="a folder of other photos to build from (its sub-folders become classes); "
+                             "default: the shared clothing photos")
     parser.add_argument("--enlarge", type=float, default=1.0,
                         help="enlarge the photos (about 400x533) this many times, as a stand-in for full-size ones")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-clean-"))
     try:
         data = work/"DATA"
-        truth, broken = build(data, args.photos, args.copies, enlarge=args.enlarge)
+        truth, broken = build(data, args.photos, args.copies, enlarge=args.enlarge, source=args.source)
         files = len(list_images(data))
-        print(f"{files} files: {args.photos} photos, {len(truth)} copies of {len(KINDS)} kinds, {len(broken)} broken; "
+        print(f"{files} files: {files - len(truth) - len(broken)} photos, {len(truth)} copies of {len(KINDS)} kinds, {len(broken)} broken; "
               f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, shared machine")
         ours, wrong = run_ours(data, truth, broken, args.repeats)
         graph, _ = run_ours(data, truth, broken, args.repeats, exact_search_below=1, name="trendyol-clf, graphs")
@@ -212,11 +228,13 @@ def main():
         with pd.option_context("display.width", 250, "display.max_columns", 30, "display.precision", 3):
             print(table.drop(columns=["seconds"], errors="ignore").to_string())
         if wrong:
-            print("pairs between two original photos (not injected):", sorted(tuple(sorted(p)) for p in wrong)[:10])
+            print(f"{len(wrong)} pairs between two original photos (not injected), to look at:",
+                  sorted(tuple(sorted(p)) for p in wrong)[:10])
         print(f"trendyol-clf at {ours['images_per_s']/imagededup_rate(rows):.2f}x the rate of imagededup's "
               f"fastest setting; {parts}")
         small = work/"SMALL"
-        build(small, args.photos//2, args.copies//2, seed=1, enlarge=args.enlarge)
+        photos = files - len(truth) - len(broken)
+        build(small, photos//2, max(1, args.copies//2), seed=1, enlarge=args.enlarge, source=args.source)
         _, small_seconds = timed(lambda: clean(small, dry_run=True, exact_search_below=1), args.repeats)
         sizes, times = [len(list_images(small)), files], [small_seconds, graph["seconds"]]
         exponent = np.log(times[1]/times[0])/np.log(sizes[1]/sizes[0])
