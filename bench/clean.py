@@ -218,7 +218,8 @@ def main():
         data = work/"DATA"
         truth, broken = build(data, args.photos, args.copies, enlarge=args.enlarge, source=args.source)
         files = len(list_images(data))
-        print(f"{files} files: {files - len(truth) - len(broken)} photos, {len(truth)} copies of {len(KINDS)} kinds, {len(broken)} broken; "
+        photos = files - len(truth) - len(broken)
+        print(f"{files} files: {photos} photos, {len(truth)} copies of {len(KINDS)} kinds, {len(broken)} broken; "
               f"{subprocess.run(['nproc'], capture_output=True, text=True).stdout.strip()} cores, shared machine")
         ours, wrong = run_ours(data, truth, broken, args.repeats)
         graph, _ = run_ours(data, truth, broken, args.repeats, exact_search_below=1, name="trendyol-clf, graphs")
@@ -233,7 +234,6 @@ def main():
         print(f"trendyol-clf at {ours['images_per_s']/imagededup_rate(rows):.2f}x the rate of imagededup's "
               f"fastest setting; {parts}")
         small = work/"SMALL"
-        photos = files - len(truth) - len(broken)
         build(small, photos//2, max(1, args.copies//2), seed=1, enlarge=args.enlarge, source=args.source)
         _, small_seconds = timed(lambda: clean(small, dry_run=True, exact_search_below=1), args.repeats)
         sizes, times = [len(list_images(small)), files], [small_seconds, graph["seconds"]]

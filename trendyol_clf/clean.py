@@ -123,13 +123,13 @@ def _phash(square: np.ndarray) -> np.ndarray:
     middle = np.sort(low)[31:33].mean()  # the median of the 64
     return np.packbits(low > middle)
 
-def _decode(path: Path|io.BytesIO, draft_side: int, mode: str="RGB") -> Image.Image:
-    "Open `path` (or its bytes) and decode all of its pixels, at reduced scale (and in `mode`, if `L`) for JPEG"
+def _decode(path: Path|io.BytesIO) -> Image.Image:
+    "Open `path` (or its bytes) and decode all its pixels; a JPEG in gray, at the least scale keeping twice the square"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         img = Image.open(path)
         full_size = img.size
-        drafted = img.draft(mode, (draft_side, draft_side)) is not None
+        drafted = img.draft("L", (2*_SQUARE_SIDE, 2*_SQUARE_SIDE)) is not None
         img.load()
     img.info.update(full_size=full_size, drafted=drafted)  # `drafted`: smaller or grayer than the file's pixels
     return img
@@ -149,7 +149,7 @@ def inspect_image(path: Path, # an image file
     info = dict(bytes=len(content), sha=hashlib.sha256(content).hexdigest(),
                 issue=None, detail="", width=0, height=0, format="")
     if not content: return {**info, "issue": "empty", "detail": "0 bytes"}
-    try: img = _decode(io.BytesIO(content), draft_side=2*_SQUARE_SIDE, mode="L") # the bytes read once
+    try: img = _decode(io.BytesIO(content))  # the bytes read once
     except UnidentifiedImageError:
         return {**info, "issue": "not_image", "detail": f"starts with {content[:16]!r}"}
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
@@ -192,13 +192,10 @@ def candidate_pairs(infos: list[dict], # `inspect_image` results of the images t
                     min_thumb_similarity: float=0.94, # cosine from which thumbnails propose a pair
                     neighbours: int=4, # nearest neighbours looked up per signal
                     exact_search_below: int=5_000, # exact indexes below this many images, HNSW above
-                   ) -> set[tuple[int, int]]:
+                    directions: bool=False, # a dict instead: each pair's `uncropped` for `similarity`, or `None`
+                   ) -> set[tuple[int, int]]|dict:
     "Pairs `(i, j)`, `i < j`, of `infos` that one of the cheap signals finds alike"
-    return set(_candidates(infos, max_hash_distance, min_thumb_similarity, neighbours, exact_search_below))
-
-def _candidates(infos, max_hash_distance, min_thumb_similarity, neighbours, exact_search_below) -> dict:
-    "`candidate_pairs`, each with `uncropped` (see `similarity`): 0 or 1 when a crop of that one matched the other"
-    found, best = {}, {}
+    found, best = {}, {}  # `found[pair]`: 0 or 1 when a crop of that image of the pair matched the other
     def add(owners, search, keep, crops=False):
         scores, indices = search
         chosen = (indices >= 0) & (indices != owners[:, None]) & keep(scores)
@@ -208,7 +205,7 @@ def _candidates(infos, max_hash_distance, min_thumb_similarity, neighbours, exac
             if not crops: found.setdefault(pair, None)
             elif score > best.get(pair, -1):  # a crop of `first` looked like `second`, the best such so far
                 found[pair], best[pair] = int(first != pair[0]), score
-    if len(infos) < 2: return found
+    if len(infos) < 2: return found if directions else set(found)
     own = np.arange(len(infos))
     hashes = np.stack([info["phash"] for info in infos])
     add(own, _neighbours(hashes, hashes, neighbours, exact_search_below), lambda d: d <= max_hash_distance)
@@ -218,11 +215,9 @@ def _candidates(infos, max_hash_distance, min_thumb_similarity, neighbours, exac
     add(own, _neighbours(thumbs, thumbs, neighbours, exact_search_below), keep)
     owners = np.repeat(own, len(_VARIANT_BOXES))
     add(owners, _neighbours(thumbs, variants, neighbours, exact_search_below), keep, crops=True)
-    return found
+    return found if directions else set(found)
 
 # %% ../nbs/02_clean.ipynb #b8d1bf5a
-_CHECK_SIDE = _SQUARE_SIDE
-
 class _CheckPicture(NamedTuple):
     "The strict check's view of an image, computed once however many pairs it is in"
     small: np.ndarray  # equalised grayscale, 48×48
@@ -235,7 +230,7 @@ def _halve(pixels: np.ndarray) -> np.ndarray:
     "`pixels` at half the side: the mean of each 2×2 block, which is also what bilinear sampling at half gives"
     return (pixels[0::2, 0::2] + pixels[1::2, 0::2] + pixels[0::2, 1::2] + pixels[1::2, 1::2])*np.float32(.25)
 
-def _check_picture(square: np.ndarray, # the image's equalised grayscale square, `_CHECK_SIDE` wide
+def _check_picture(square: np.ndarray, # the image's equalised grayscale square, `_SQUARE_SIDE` wide
                    ratio: float, # width over height of the image
                   ) -> _CheckPicture:
     "The strict check's view of an image: equalised and high-pass squares, its aspect ratio, whole-picture vectors"
@@ -246,7 +241,7 @@ def _check_picture(square: np.ndarray, # the image's equalised grayscale square,
 
 def _check_picture_of(path: Path) -> _CheckPicture:
     "The strict check's view of the image file at `path`"
-    img = _decode(path, draft_side=2*_SQUARE_SIDE, mode="L")
+    img = _decode(path)
     width, height = img.info["full_size"]
     return _check_picture(_square(img, _SQUARE_SIDE), width/height)
 
@@ -398,7 +393,7 @@ def find_duplicates(data: Path, # the dataset folder
     by_digest = {}
     for i in good: by_digest.setdefault(rows[i]["sha"], []).append(i)
     exact = {(g[0], j) for g in by_digest.values() for j in g[1:]}
-    proposed = _candidates([rows[i] for i in good], 10, 0.94, 4, exact_search_below)
+    proposed = candidate_pairs([rows[i] for i in good], exact_search_below=exact_search_below, directions=True)
     proposed = sorted((good[a], good[b], uncropped) for (a, b), uncropped in proposed.items()
                       if (good[a], good[b]) not in exact)
     scores = {pair: 1.0 for pair in exact}
