@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from fastcore.script import call_parse
 from fastprogress.fastprogress import progress_bar
-from PIL import Image, ImageFilter, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'ISSUES', 'REPORT_COLUMNS', 'list_images', 'inspect_image', 'candidate_pairs', 'similarity',
@@ -55,8 +55,11 @@ def list_images(data: Path # dataset folder laid out as `data/<class>/<image>`
 _CROP_PLACES = (0, .25, .5, .75, 1)  # where a crop box sits along each side: a quarter step apart
 _VARIANT_BOXES = (*[(.9, .9, x, y) for y in _CROP_PLACES for x in _CROP_PLACES],
                   (.82, .82, .5, .5), (.9, 1, .5, .5), (1, .9, .5, .5)) # width, height, x and y position
+_VARIANT_EDGES = np.array([((1-w)*x, (1-h)*y, (1-w)*x + w, (1-h)*y + h) for w, h, x, y in _VARIANT_BOXES],
+                          dtype=np.float32) # the same boxes as left, top, right and bottom edges
 _THUMB_SIDE = 12
 _SQUARE_SIDE = 96 # side of the equalised grayscale square every signal and the strict check start from
+_BATCH = 128 # squares given their signals together: a few BLAS calls for them all
 
 def _equalise(pixels: np.ndarray) -> np.ndarray:
     "Grayscale `pixels` with their histogram flattened, as `ImageOps.equalize` does it, in NumPy"
@@ -73,11 +76,10 @@ def _square(img: Image.Image, side: int) -> np.ndarray:
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
     return _equalise(np.asarray(img.convert("L").resize((side, side), Image.BOX)))
 
-def _unit(pixels) -> np.ndarray:
-    "`pixels` flattened, centred and scaled to unit length"
-    v = np.asarray(pixels, dtype=np.float32).ravel()
-    v = v - v.mean()
-    return v/(np.linalg.norm(v) + 1e-6)
+def _unit_rows(rows: np.ndarray) -> np.ndarray:
+    "Each of `rows` centred and scaled to unit length"
+    rows = rows - rows.mean(-1, keepdims=True)
+    return rows/(np.linalg.norm(rows, axis=-1, keepdims=True) + 1e-6)
 
 @functools.lru_cache(maxsize=None)
 def _box_filter(size: int, start: float, end: float, side: int) -> np.ndarray:
@@ -87,25 +89,26 @@ def _box_filter(size: int, start: float, end: float, side: int) -> np.ndarray:
 
 @functools.lru_cache(maxsize=None)
 def _thumb_filters(size: int) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
-    "Row and column weights that shrink a `size` square, whole and cut to each `_VARIANT_BOXES`; which box uses which"
-    boxes = [(0, 0, 1, 1)] + [((1-bw)*x, (1-bh)*y, (1-bw)*x + bw, (1-bh)*y + bh)
-                              for bw, bh, x, y in _VARIANT_BOXES]
+    "Weights shrinking a `size` square to 12 rows over each row span of the crop boxes, and to 12 columns over each column span; the spans of each box"
+    boxes = [(0, 0, 1, 1)] + [tuple(edges) for edges in _VARIANT_EDGES.tolist()]
     spans = {"rows": [(top, bottom) for _, top, _, bottom in boxes],
              "columns": [(left, right) for left, _, right, _ in boxes]}
     unique = {axis: sorted(set(found)) for axis, found in spans.items()}  # many boxes share a row or column span
-    filters = {axis: np.stack([_box_filter(size, start*size, end*size, _THUMB_SIDE)
-                               for start, end in unique[axis]]) for axis in spans}
+    rows, columns = [np.concatenate([_box_filter(size, start*size, end*size, _THUMB_SIDE) for start, end in unique[axis]])
+                     for axis in ("rows", "columns")]
     row_of, column_of = [[unique[axis].index(span) for span in spans[axis]] for axis in ("rows", "columns")]
-    return filters["rows"], filters["columns"].transpose(0, 2, 1).copy(), row_of, column_of
+    return rows, columns.T.copy(), row_of, column_of
 
-def _thumb_vectors(square: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    "The small unit vector of a grayscale `square`, and those of its crops in `_VARIANT_BOXES`"
-    rows, columns, row_of, column_of = _thumb_filters(square.shape[0])
-    shrunk_rows = rows @ square.astype(np.float32)  # each row span once, then each box its column span
-    thumbs = (shrunk_rows[row_of] @ columns[column_of]).reshape(len(row_of), -1)
-    thumbs -= thumbs.mean(1, keepdims=True)
-    thumbs /= np.linalg.norm(thumbs, axis=1, keepdims=True) + 1e-6
-    return thumbs[0], thumbs[1:].astype(np.float16)  # half the memory; a cosine moves by < 0.001
+def _thumb_vectors(squares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "The small unit vectors of a stack of grayscale `squares`, and those of their crops in `_VARIANT_BOXES`"
+    rows, columns, row_of, column_of = _thumb_filters(squares.shape[-1])
+    side = _THUMB_SIDE
+    shrunk = rows @ squares.astype(np.float32) @ columns  # each row span by each column span: a 12×12 block each
+    shrunk = shrunk.reshape(len(squares), len(rows)//side, side, columns.shape[1]//side, side)
+    thumbs = np.moveaxis(shrunk[:, row_of, :, column_of, :], 0, 1).reshape(len(squares), len(row_of), -1)
+    thumbs -= thumbs.mean(2, keepdims=True)
+    thumbs /= np.linalg.norm(thumbs, axis=2, keepdims=True) + 1e-6
+    return thumbs[:, 0], thumbs[:, 1:].astype(np.float16)  # half the memory; a cosine moves by < 0.001
 
 @functools.lru_cache(maxsize=None)
 def _phash_filter(side: int) -> np.ndarray:
@@ -116,12 +119,12 @@ def _phash_filter(side: int) -> np.ndarray:
     dct = np.cos(np.pi*frequencies*(2*positions + 1)/64)  # 8×32
     return (dct @ shrink).astype(np.float32)
 
-def _phash(square: np.ndarray) -> np.ndarray:
-    "pHash of a grayscale `square` as 8 bytes: the 8×8 lowest frequencies of its 32×32 shrink above their median"
-    weights = _phash_filter(square.shape[0])
-    low = (weights @ square.astype(np.float32) @ weights.T).ravel()
-    middle = np.sort(low)[31:33].mean()  # the median of the 64
-    return np.packbits(low > middle)
+def _phash(squares: np.ndarray) -> np.ndarray:
+    "pHash of each of a stack of grayscale `squares`, 8 bytes a row: their 8×8 lowest frequencies above the median"
+    weights = _phash_filter(squares.shape[-1])
+    low = (weights @ squares.astype(np.float32) @ weights.T).reshape(len(squares), 64)
+    middle = np.sort(low, axis=1)[:, 31:33].mean(1, keepdims=True)  # the median of each 64
+    return np.packbits(low > middle, axis=1)
 
 def _decode(path: Path|io.BytesIO) -> Image.Image:
     "Open `path` (or its bytes) and decode all its pixels; a JPEG in gray, at the least scale keeping twice the square"
@@ -140,10 +143,10 @@ def _pixel_digest(image: Path|Image.Image) -> str:
     with Image.open(image) as img: return _pixel_digest(img)
 
 # %% ../nbs/02_clean.ipynb #4bb81325
-def inspect_image(path: Path, # an image file
-                  min_side: int=64, # images with a shorter side are `too_small`
-                 ) -> dict:
-    "Size, digest and perceptual signals of the image at `path`, or its `issue` when it is broken"
+def _first_look(path: Path, # an image file
+                min_side: int=64, # images with a shorter side are `too_small`
+               ) -> dict:
+    "Size and digest of the image at `path` and its equalised grayscale square, or its `issue` when it is broken"
     path = Path(path)
     content = path.read_bytes()
     info = dict(bytes=len(content), sha=hashlib.sha256(content).hexdigest(),
@@ -159,10 +162,25 @@ def inspect_image(path: Path, # an image file
     if min(width, height) < min_side:
         return {**info, "issue": "too_small", "detail": f"{width}x{height} px, under {min_side} px"}
     if not img.info["drafted"]: info["pixels"] = _pixel_digest(img)  # all its pixels: no decode again later
-    square = _square(img, _SQUARE_SIDE)
-    info["phash"], info["square"] = _phash(square), square
-    info["thumb"], info["variants"] = _thumb_vectors(square)
+    info["square"] = _square(img, _SQUARE_SIDE)
     return info
+
+def _add_signals(infos: list[dict]) -> list[dict]:
+    "`infos` of `_first_look` with the pHash and thumbnails of their squares added, many images at a time"
+    sound = [info for info in infos if info["issue"] is None]
+    for start in range(0, len(sound), _BATCH):
+        batch = sound[start:start + _BATCH]
+        squares = np.stack([info["square"] for info in batch])
+        thumbs, variants = _thumb_vectors(squares)
+        for info, *signals in zip(batch, _phash(squares), thumbs, variants):
+            info.update(zip(("phash", "thumb", "variants"), signals))
+    return infos
+
+def inspect_image(path: Path, # an image file
+                  min_side: int=64, # images with a shorter side are `too_small`
+                 ) -> dict:
+    "Size, digest and perceptual signals of the image at `path`, or its `issue` when it is broken"
+    return _add_signals([_first_look(path, min_side)])[0]
 
 # %% ../nbs/02_clean.ipynb #449524b2
 def _neighbours(vectors: np.ndarray, # one row per image: bytes of a binary hash, or float vectors
@@ -192,20 +210,21 @@ def candidate_pairs(infos: list[dict], # `inspect_image` results of the images t
                     min_thumb_similarity: float=0.94, # cosine from which thumbnails propose a pair
                     neighbours: int=4, # nearest neighbours looked up per signal
                     exact_search_below: int=5_000, # exact indexes below this many images, HNSW above
-                    directions: bool=False, # a dict instead: each pair's `uncropped` for `similarity`, or `None`
+                    hints: bool=False, # a dict instead: each pair's `(uncropped, start)` for `similarity`
                    ) -> set[tuple[int, int]]|dict:
     "Pairs `(i, j)`, `i < j`, of `infos` that one of the cheap signals finds alike"
-    found, best = {}, {}  # `found[pair]`: 0 or 1 when a crop of that image of the pair matched the other
-    def add(owners, search, keep, crops=False):
+    found, best = {}, {}  # `found[pair]`: which image of the pair a crop of matched the other, and that crop
+    def add(owners, search, keep, crops=None):
         scores, indices = search
         chosen = (indices >= 0) & (indices != owners[:, None]) & keep(scores)
-        firsts = np.broadcast_to(owners[:, None], indices.shape)[chosen].tolist()
-        for first, second, score in zip(firsts, indices[chosen].tolist(), scores[chosen].tolist()):
+        rows = np.broadcast_to(np.arange(len(owners))[:, None], indices.shape)[chosen]
+        for row, second, score in zip(rows.tolist(), indices[chosen].tolist(), scores[chosen].tolist()):
+            first = int(owners[row])
             pair = (min(first, second), max(first, second))
-            if not crops: found.setdefault(pair, None)
+            if crops is None: found.setdefault(pair, (None, None))
             elif score > best.get(pair, -1):  # a crop of `first` looked like `second`, the best such so far
-                found[pair], best[pair] = int(first != pair[0]), score
-    if len(infos) < 2: return found if directions else set(found)
+                found[pair], best[pair] = (int(first != pair[0]), crops[row]), score
+    if len(infos) < 2: return found if hints else set(found)
     own = np.arange(len(infos))
     hashes = np.stack([info["phash"] for info in infos])
     add(own, _neighbours(hashes, hashes, neighbours, exact_search_below), lambda d: d <= max_hash_distance)
@@ -213,9 +232,9 @@ def candidate_pairs(infos: list[dict], # `inspect_image` results of the images t
     variants = np.concatenate([info["variants"] for info in infos])
     keep = lambda s: s >= min_thumb_similarity
     add(own, _neighbours(thumbs, thumbs, neighbours, exact_search_below), keep)
-    owners = np.repeat(own, len(_VARIANT_BOXES))
-    add(owners, _neighbours(thumbs, variants, neighbours, exact_search_below), keep, crops=True)
-    return found if directions else set(found)
+    owners, crops = np.repeat(own, len(_VARIANT_BOXES)), np.tile(_VARIANT_EDGES, (len(infos), 1))
+    add(owners, _neighbours(thumbs, variants, neighbours, exact_search_below), keep, crops)
+    return found if hints else set(found)
 
 # %% ../nbs/02_clean.ipynb #b8d1bf5a
 class _CheckPicture(NamedTuple):
@@ -227,17 +246,37 @@ class _CheckPicture(NamedTuple):
     target: np.ndarray # unit vector of all of `small`, sampled 24×24
 
 def _halve(pixels: np.ndarray) -> np.ndarray:
-    "`pixels` at half the side: the mean of each 2×2 block, which is also what bilinear sampling at half gives"
-    return (pixels[0::2, 0::2] + pixels[1::2, 0::2] + pixels[0::2, 1::2] + pixels[1::2, 1::2])*np.float32(.25)
+    "`pixels` (or a stack) at half the side: the mean of each 2×2 block, also what bilinear sampling at half gives"
+    return (pixels[..., 0::2, 0::2] + pixels[..., 1::2, 0::2] + pixels[..., 0::2, 1::2] + pixels[..., 1::2, 1::2])*np.float32(.25)
 
-def _check_picture(square: np.ndarray, # the image's equalised grayscale square, `_SQUARE_SIDE` wide
-                   ratio: float, # width over height of the image
-                  ) -> _CheckPicture:
-    "The strict check's view of an image: equalised and high-pass squares, its aspect ratio, whole-picture vectors"
-    pixels = square.astype(np.float32)
-    blurred = np.asarray(Image.fromarray(square).filter(ImageFilter.GaussianBlur(3)), dtype=np.float32)
-    small, detail = _halve(pixels), pixels - blurred
-    return _CheckPicture(small, detail, ratio, _unit(_halve(detail)), _unit(_halve(small)))
+@functools.lru_cache(maxsize=None)
+def _blur_matrix(side: int, radius: float=3, passes: int=3) -> np.ndarray:
+    "`side`×`side` weights of Pillow's `GaussianBlur(radius)` along one axis: `passes` box blurs, edge pixels repeated"
+    sigma2 = radius**2/passes  # Pillow's box radius for that many passes (Gwosdek et al., 2011)
+    length = np.floor((np.sqrt(12*sigma2 + 1) - 1)/2)
+    box = length + (2*length + 1)*(length*(length + 1) - 3*sigma2)/(6*(sigma2 - (length + 1)**2))
+    whole, near = 1/(2*box + 1), (1 - (2*int(box) + 1)/(2*box + 1))/2  # the whole pixels, then the two partial ones
+    one_pass = np.zeros((side, side))
+    for offset in range(-int(box) - 1, int(box) + 2):
+        weight = near if abs(offset) == int(box) + 1 else whole
+        np.add.at(one_pass, (np.arange(side), np.clip(np.arange(side) + offset, 0, side - 1)), weight)
+    return np.linalg.matrix_power(one_pass, passes).T.astype(np.float32)
+
+def _check_pictures(squares: np.ndarray, # a stack of equalised grayscale squares, `_SQUARE_SIDE` wide
+                    ratios: list[float], # width over height of each image
+                   ) -> list[_CheckPicture]:
+    "The strict check's view of each image: equalised and high-pass squares, aspect ratio, whole-picture vectors"
+    count, side = len(squares), squares.shape[-1]
+    pixels, blur = squares.astype(np.float32), _blur_matrix(side)
+    across = (pixels.reshape(-1, side) @ blur).reshape(count, side, side)  # one product for all rows of all squares
+    blurred = (across.transpose(0, 2, 1).reshape(-1, side) @ blur).reshape(count, side, side).transpose(0, 2, 1)
+    small, detail = _halve(pixels), pixels - blurred  # the blur is Pillow's, without rounding between passes
+    units = lambda stack: _unit_rows(_halve(stack).reshape(count, -1))
+    return [_CheckPicture(*parts) for parts in zip(small, detail, ratios, units(detail), units(small))]
+
+def _check_picture(square: np.ndarray, ratio: float) -> _CheckPicture:
+    "The strict check's view of one image, from its equalised grayscale `square` and width over height `ratio`"
+    return _check_pictures(square[None], [ratio])[0]
 
 def _check_picture_of(path: Path) -> _CheckPicture:
     "The strict check's view of the image file at `path`"
@@ -259,9 +298,7 @@ def _sample(pixels: np.ndarray, # a square picture
     rows = (pixels[y0]*(1 - fy[:, :, None]) + pixels[y1]*fy[:, :, None]).ravel()  # whole rows first
     row_starts = (np.arange(len(boxes)*side)*n).reshape(len(boxes), side, 1)
     column = lambda x: rows[row_starts + x[:, None, :]]  # one flat gather: the fastest NumPy has
-    v = (column(x0)*(1 - fx[:, None, :]) + column(x1)*fx[:, None, :]).reshape(len(boxes), -1)
-    v -= v.mean(1, keepdims=True)
-    return v/(np.linalg.norm(v, axis=1, keepdims=True) + 1e-6)
+    return _unit_rows((column(x0)*(1 - fx[:, None, :]) + column(x1)*fx[:, None, :]).reshape(len(boxes), -1))
 
 @functools.lru_cache(maxsize=1024)  # photos of a shop share a few shapes: most pairs hit the cache
 def _crop_boxes(ratio: float, heights=(1, .95, .9, .85, .8), steps=3) -> np.ndarray:
@@ -275,6 +312,15 @@ def _crop_boxes(ratio: float, heights=(1, .95, .9, .85, .8), steps=3) -> np.ndar
     boxes = np.array(boxes, dtype=np.float32)
     boxes.flags.writeable = False  # shared by every caller
     return boxes
+
+def _fit_ratio(box, ratio: float) -> np.ndarray:
+    "`box` about its centre with the shape of an image `ratio` times as wide for its height as the picture, inside it"
+    left, top, right, bottom = box
+    height = min(1, bottom - top, 1/ratio)
+    width = min(1, height*ratio)
+    centre = np.array([(left + right)/2, (top + bottom)/2])
+    low = np.clip(centre - np.array([width, height])/2, 0, 1 - np.array([width, height]))
+    return np.array([low[0], low[1], low[0] + width, low[1] + height], dtype=np.float32)
 
 def _dot(rows, vector):
     "`rows @ vector` without BLAS, whose threads only wait on each other for such small products"
@@ -315,6 +361,7 @@ _REFINE_FROM = 0.5 # a crop box scoring less than this before the fine shifts ne
 def similarity(first: Path|tuple, # an image file, or its `_check_picture`
                second: Path|tuple, # the other image file, or its `_check_picture`
                uncropped: int|None=None, # 0: `second` may be a crop of `first`; 1: the reverse; `None`: either
+               start=None, # a crop box of the uncropped one to start from, `(left, top, right, bottom)` fractions
               ) -> float:
     "How surely `first` and `second` are the same photo, one maybe cropped: high-pass correlation, 1 is identical"
     a, b = [p if isinstance(p, tuple) else _check_picture_of(p) for p in (first, second)]
@@ -327,7 +374,8 @@ def similarity(first: Path|tuple, # an image file, or its `_check_picture`
         if score_swapped > score: one, other, box = b, a, box_swapped
     else:
         one, other = (a, b) if uncropped == 0 else (b, a)
-        box, _ = _coarse_crop(one.small, other.target, other.ratio/one.ratio)
+        box = (_fit_ratio(start, other.ratio/one.ratio) if start is not None
+               else _coarse_crop(one.small, other.target, other.ratio/one.ratio)[0])
     for step, floor in ((.03, _FIRST_STEP_FLOOR), (.015, _REFINE_FROM)):  # in the direction chosen
         box, _ = _refine(one.small, other.target, box, step, 24)
         detail = float(_dot(_sample(one.detail, box[None], 48), other.whole)[0])
@@ -355,12 +403,12 @@ def _keeper(group, rows, usual_suffix) -> int:
                                      Path(rows[i]["path"]).suffix.lower() != usual_suffix,
                                      -rows[i]["bytes"], rows[i]["path"]))
 
-_squares, _pictures = {}, {} # in a worker: image index to (square, ratio), and the pictures made of them
+_squares = {} # in a worker: image index to (square, ratio)
 
 def _hold_squares(squares: dict|None):
     "Start a worker holding the `squares` of the images whose pairs it scores"
-    global _squares, _pictures
-    _squares, _pictures = squares or {}, {}
+    global _squares
+    _squares = squares or {}
 
 def _pool(workers: int|None, # how many; one per core when `None`
           squares: dict|None=None, # image index to (square, ratio), for `_scores`
@@ -372,14 +420,16 @@ def _pool(workers: int|None, # how many; one per core when `None`
                                    initializer=_hold_squares, initargs=(squares,))
     return ThreadPoolExecutor(workers, initializer=_hold_squares, initargs=(squares,))
 
-def _picture(i: int) -> _CheckPicture:
-    "The strict check's picture of image `i`, made once per worker"
-    if i not in _pictures: _pictures[i] = _check_picture(*_squares[i])
-    return _pictures[i]
+def _drafts_differ(first: dict, second: dict) -> bool:
+    "Whether two JPEGs of one size, both decoded at reduced scale, show it: pixels that differ there differ in full"
+    return "pixels" not in first and "pixels" not in second and not np.array_equal(first["square"], second["square"])
 
 def _scores(pairs: list) -> list[float]:
-    "`similarity` of each of `pairs`, `(i, j, uncropped)`, from the squares the worker holds"
-    return [similarity(_picture(a), _picture(b), uncropped) for a, b, uncropped in pairs]
+    "`similarity` of each of `pairs`, `(i, j, (uncropped, start))`, from the squares the worker holds"
+    images = sorted({i for a, b, _ in pairs for i in (a, b)})
+    pictures = _check_pictures(np.stack([_squares[i][0] for i in images]), [_squares[i][1] for i in images])
+    picture = dict(zip(images, pictures))
+    return [similarity(picture[a], picture[b], *hint) for a, b, hint in pairs]
 
 # %% ../nbs/02_clean.ipynb #83f97529
 def find_duplicates(data: Path, # the dataset folder
@@ -393,9 +443,9 @@ def find_duplicates(data: Path, # the dataset folder
     by_digest = {}
     for i in good: by_digest.setdefault(rows[i]["sha"], []).append(i)
     exact = {(g[0], j) for g in by_digest.values() for j in g[1:]}
-    proposed = candidate_pairs([rows[i] for i in good], exact_search_below=exact_search_below, directions=True)
-    proposed = sorted((good[a], good[b], uncropped) for (a, b), uncropped in proposed.items()
-                      if (good[a], good[b]) not in exact)
+    proposed = candidate_pairs([rows[i] for i in good], exact_search_below=exact_search_below, hints=True)
+    proposed = [(good[a], good[b], hint) for (a, b), hint in sorted(proposed.items(), key=lambda item: item[0])
+                if (good[a], good[b]) not in exact]
     scores = {pair: 1.0 for pair in exact}
     squares = {i: (rows[i]["square"], rows[i]["width"]/rows[i]["height"]) for a, b, _ in proposed for i in (a, b)}
     chunks = [proposed[start:start + 64] for start in range(0, len(proposed), 64)]
@@ -409,7 +459,8 @@ def find_duplicates(data: Path, # the dataset folder
         size = lambda i: (rows[i]["width"], rows[i]["height"])
         compared = [(i, keep) for i, keep in copies  # a verified pair of one size: are its pixels equal?
                     if rows[i]["sha"] != rows[keep]["sha"] and (min(i, keep), max(i, keep)) in scores
-                    and size(i) == size(keep) and rows[i]["class"] == rows[keep]["class"]]
+                    and size(i) == size(keep) and rows[i]["class"] == rows[keep]["class"]
+                    and not _drafts_differ(rows[i], rows[keep])]
         missing = sorted({j for pair in compared for j in pair if "pixels" not in rows[j]}) # JPEGs: drafts only
         digests = {j: rows[j].get("pixels") for pair in compared for j in pair}
         digests.update(zip(missing, pool.map(_pixel_digest, [data/rows[j]["path"] for j in missing], chunksize=4)))
@@ -561,10 +612,14 @@ REPORT_COLUMNS = ["path", "class", "issue", "duplicate_of", "similarity", "detai
                   "bytes", "action"]
 
 def _inspect_all(data: Path, images: list[Path], min_side: int, workers: int|None) -> list[dict]:
-    "`inspect_image` of every image, in worker processes, with `path` and `class` added"
+    "`inspect_image` of every image, with `path` and `class` added: first looks in worker processes, signals here"
+    infos = []
     with _pool(workers) as pool:
-        infos = pool.map(functools.partial(inspect_image, min_side=min_side), images, chunksize=32)
-        infos = list(progress_bar(infos, total=len(images), leave=False))
+        looks = pool.map(functools.partial(_first_look, min_side=min_side), images, chunksize=32)
+        for info in progress_bar(looks, total=len(images), leave=False):  # signals while the workers go on
+            infos.append(info)
+            if len(infos) % _BATCH == 0: _add_signals(infos[-_BATCH:])
+    _add_signals(infos[len(infos) - len(infos) % _BATCH:])
     for path, info in zip(images, infos):
         relative = path.relative_to(data)
         info.update(path=relative.as_posix(), **{"class": relative.parts[0]})
