@@ -203,6 +203,7 @@ def imagededup_rate(rows) -> float:
 
 
 def main():
+    cleaner.progress_bar = lambda items, **kwargs: items  # bars redrawn in a terminal would bury the tables
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--photos", type=int, default=1600, help="real photos in the full-size set")
     parser.add_argument("--copies", type=int, default=30, help="injected copies of each kind")

@@ -28,6 +28,7 @@ import pandas as pd
 from fastcore.script import call_parse
 from fastprogress.fastprogress import progress_bar
 from PIL import Image, UnidentifiedImageError
+from threadpoolctl import threadpool_limits
 
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'ISSUES', 'REPORT_COLUMNS', 'list_images', 'inspect_image', 'candidate_pairs', 'similarity',
@@ -46,10 +47,14 @@ def list_images(data: Path # dataset folder laid out as `data/<class>/<image>`
     if not data.is_dir():
         raise FileNotFoundError(f"Dataset folder {data} does not exist: pass the folder that holds one "
                                 "sub-folder of images per class, such as DATA/<class>/<image>.jpg")
-    images = [p for p in data.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-              and len(p.relative_to(data).parts) > 1
-              and not any(_is_hidden(part) for part in p.relative_to(data).parts)]
-    return sorted(images)
+    images, folders = [], [entry.path for entry in os.scandir(data) if entry.is_dir() and not _is_hidden(entry.name)]
+    while folders:  # a walk by `os.scandir`, whose entries know their type without another system call
+        for entry in os.scandir(folders.pop()):
+            if _is_hidden(entry.name): continue
+            if entry.is_dir(): folders.append(entry.path)
+            elif entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES:
+                images.append(entry.path)
+    return [Path(path) for path in sorted(images, key=lambda path: Path(path).parts)]
 
 # %% ../nbs/02_clean.ipynb #7799a526
 _CROP_PLACES = (0, .25, .5, .75, 1)  # where a crop box sits along each side: a quarter step apart
@@ -176,11 +181,15 @@ def _add_signals(infos: list[dict]) -> list[dict]:
             info.update(zip(("phash", "thumb", "variants"), signals))
     return infos
 
+def _inspect_images(paths: list[Path], min_side: int=64) -> list[dict]:
+    "`inspect_image` of each of `paths`, their signals computed together"
+    return _add_signals([_first_look(path, min_side) for path in paths])
+
 def inspect_image(path: Path, # an image file
                   min_side: int=64, # images with a shorter side are `too_small`
                  ) -> dict:
     "Size, digest and perceptual signals of the image at `path`, or its `issue` when it is broken"
-    return _add_signals([_first_look(path, min_side)])[0]
+    return _inspect_images([path], min_side)[0]
 
 # %% ../nbs/02_clean.ipynb #449524b2
 def _neighbours(vectors: np.ndarray, # one row per image: bytes of a binary hash, or float vectors
@@ -284,21 +293,30 @@ def _check_picture_of(path: Path) -> _CheckPicture:
     width, height = img.info["full_size"]
     return _check_picture(_square(img, _SQUARE_SIDE), width/height)
 
-def _sample(pixels: np.ndarray, # a square picture
-            boxes: np.ndarray,  # one crop box per row, `(left, top, right, bottom)` as fractions of the side
+def _sample(pixels: np.ndarray, # a stack of square pictures
+            boxes: np.ndarray,  # crop boxes of each picture, `(left, top, right, bottom)` fractions: pictures × boxes × 4
             side: int,          # each crop is sampled on a `side`×`side` grid
            ) -> np.ndarray:
-    "Unit vectors of the crops `boxes` of `pixels`, bilinearly sampled, one row per box"
-    n, steps = pixels.shape[0], (np.arange(side, dtype=np.float32) + .5)/side
-    def axis(start, end):
-        at = np.clip((start[:, None] + steps*(end - start)[:, None])*n - .5, 0, n - 1)
-        low = np.floor(at).astype(np.intp)
-        return low, np.minimum(low + 1, n - 1), (at - low).astype(np.float32)
-    (x0, x1, fx), (y0, y1, fy) = axis(boxes[:, 0], boxes[:, 2]), axis(boxes[:, 1], boxes[:, 3])
-    rows = (pixels[y0]*(1 - fy[:, :, None]) + pixels[y1]*fy[:, :, None]).ravel()  # whole rows first
-    row_starts = (np.arange(len(boxes)*side)*n).reshape(len(boxes), side, 1)
-    column = lambda x: rows[row_starts + x[:, None, :]]  # one flat gather: the fastest NumPy has
-    return _unit_rows((column(x0)*(1 - fx[:, None, :]) + column(x1)*fx[:, None, :]).reshape(len(boxes), -1))
+    "Unit vectors of the crops `boxes` of each of `pixels`, bilinearly sampled: pictures × boxes × `side`²"
+    count, n = pixels.shape[0], pixels.shape[-1]
+    steps = (np.arange(side, dtype=np.float32) + .5)/side
+    corners = boxes.reshape(count, -1, 2, 2)  # each box's left and top, then its right and bottom
+    at = np.clip((corners[:, :, 0, :, None] + steps*(corners[:, :, 1] - corners[:, :, 0])[..., None])*n - .5,
+                 0, n - 1)  # pictures × boxes × (x, y) × side
+    low = at.astype(np.intp)  # the floor, all being positive
+    high, weight = np.minimum(low + 1, n - 1), (at - low).astype(np.float32)
+    (x0, y0), (x1, y1), (fx, fy) = [np.moveaxis(a, 2, 0) for a in (low, high, weight)]
+    flat_rows = pixels.reshape(count*n, n)
+    first_row = (np.arange(count)*n)[:, None, None]
+    rows = (flat_rows[first_row + y0]*(1 - fy[..., None]) + flat_rows[first_row + y1]*fy[..., None]).ravel()
+    row_starts = (np.arange(y0.size)*n).reshape(*y0.shape, 1)  # whole rows first, then one flat gather a column
+    column = lambda x: rows[row_starts + x[:, :, None, :]]
+    crops = column(x0)*(1 - fx[:, :, None, :]) + column(x1)*fx[:, :, None, :]
+    return _unit_rows(crops.reshape(count, boxes.shape[1], -1))
+
+def _scores_of(crops: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    "The cosine of each of the unit `crops` (pictures × boxes × d) with its picture's unit target (pictures × d)"
+    return np.einsum("pbd,pd->pb", crops, targets)  # not BLAS, whose threads only wait on each other here
 
 @functools.lru_cache(maxsize=1024)  # photos of a shop share a few shapes: most pairs hit the cache
 def _crop_boxes(ratio: float, heights=(1, .95, .9, .85, .8), steps=3) -> np.ndarray:
@@ -322,41 +340,70 @@ def _fit_ratio(box, ratio: float) -> np.ndarray:
     low = np.clip(centre - np.array([width, height])/2, 0, 1 - np.array([width, height]))
     return np.array([low[0], low[1], low[0] + width, low[1] + height], dtype=np.float32)
 
-def _dot(rows, vector):
-    "`rows @ vector` without BLAS, whose threads only wait on each other for such small products"
-    return np.einsum("ij,j->i", rows, vector)
-
-_WHOLE = np.array([[0, 0, 1, 1]], dtype=np.float32)
 _EDGE_MOVES = np.concatenate([np.zeros((1, 4)), np.eye(4), -np.eye(4)]).astype(np.float32) # none, one edge ±
 
 def _coarse_crop(first: np.ndarray, target: np.ndarray, ratio: float) -> tuple[np.ndarray, float]:
     "The box of `_crop_boxes(ratio)` of picture `first` that best matches the whole-picture vector `target`, its score"
     boxes = _crop_boxes(ratio)
-    scores = _dot(_sample(first, boxes, 24), target)
+    scores = _scores_of(_sample(first[None], boxes[None], 24), target[None])[0]
     return boxes[int(np.argmax(scores))], float(scores.max())
 
-def _refine(picture: np.ndarray, # the square picture the box cuts
-            target: np.ndarray, # unit vector of the whole other picture, sampled `side`×`side`
-            box: np.ndarray,    # the crop box to start from, `(left, top, right, bottom)` as fractions
-            step: float,        # how far an edge moves, as a fraction of the side
-            side: int,          # the crops are compared at `side`×`side`
-            rounds: int=2,      # times every edge moves
-           ) -> tuple[np.ndarray, float]:
-    "The best box found moving each edge of `box` by `step`, `rounds` times, to match `target`, and its score"
-    best_box, best_score = box, -2.0
+def _refine(pictures: np.ndarray, # a stack of square pictures, each cut by its box
+            targets: np.ndarray, # unit vector of the whole other picture of each pair, sampled `side`×`side`
+            boxes: np.ndarray,   # the crop box of each picture to start from, `(left, top, right, bottom)` fractions
+            step: float,         # how far an edge moves, as a fraction of the side
+            side: int,           # the crops are compared at `side`×`side`
+            rounds: int=2,       # times every edge moves
+           ) -> tuple[np.ndarray, np.ndarray]:
+    "The best box of each picture found moving each edge by `step`, `rounds` times, to match its target; its score"
+    best_boxes, best_scores, every = boxes, np.full(len(boxes), -2, dtype=np.float32), np.arange(len(boxes))
     for _ in range(rounds):
-        boxes = np.clip(box + _EDGE_MOVES*step, 0, 1)
-        scores = _dot(_sample(picture, boxes, side), target)
-        top = int(np.argmax(scores))
-        if scores[top] > best_score: best_box, best_score = boxes[top], float(scores[top])
-        gains = scores[1:] - scores[0]  # each edge out, then each edge in
-        moves = np.where(gains[:4] >= gains[4:], 1, -1)*(np.maximum(gains[:4], gains[4:]) > 0)
-        box = np.clip(box + moves*step, 0, 1).astype(np.float32)  # every edge its better way at once
-    return best_box, best_score
+        tried = np.clip(boxes[:, None] + _EDGE_MOVES*step, 0, 1)  # pictures × 9 boxes
+        scores = _scores_of(_sample(pictures, tried, side), targets)
+        top = scores.argmax(1)
+        better = scores[every, top] > best_scores
+        best_boxes = np.where(better[:, None], tried[every, top], best_boxes)
+        best_scores = np.maximum(best_scores, scores[every, top])
+        gains = scores[:, 1:] - scores[:, :1]  # each edge out, then each edge in
+        moves = np.where(gains[:, :4] >= gains[:, 4:], 1, -1)*(np.maximum(gains[:, :4], gains[:, 4:]) > 0)
+        boxes = np.clip(boxes + moves*step, 0, 1).astype(np.float32)  # every edge its better way at once
+    return best_boxes, best_scores
 
 # %% ../nbs/02_clean.ipynb #f19541ae
 _FIRST_STEP_FLOOR = 0.3 # detail score under which a pair stops after the first refining step
 _REFINE_FROM = 0.5 # a crop box scoring less than this before the fine shifts never reaches a match
+
+def _crop_start(a: _CheckPicture, b: _CheckPicture, uncropped: int|None, start) -> tuple:
+    "Which of `a` and `b` to cut, which to match, and the box to start from"
+    if uncropped is None:  # the coarse crop search both ways, and the way that matched better
+        box, score = _coarse_crop(a.small, b.target, b.ratio/a.ratio)
+        box_swapped, score_swapped = _coarse_crop(b.small, a.target, a.ratio/b.ratio)
+        return (b, a, box_swapped) if score_swapped > score else (a, b, box)
+    one, other = (a, b) if uncropped == 0 else (b, a)
+    box = (_fit_ratio(start, other.ratio/one.ratio) if start is not None
+           else _coarse_crop(one.small, other.target, other.ratio/one.ratio)[0])
+    return one, other, box
+
+def _similarities(pairs: list[tuple]) -> np.ndarray:
+    "`similarity` of each of `pairs`, `(first, second, uncropped, start)` with `_check_picture`s, all in step"
+    wholes = np.array([float(a.whole @ b.whole) for a, b, *_ in pairs], dtype=np.float32)
+    results, open_pairs = wholes.copy(), np.flatnonzero(wholes < 0.95)
+    if not len(open_pairs): return results
+    ones, others, boxes = zip(*[_crop_start(*pairs[i]) for i in open_pairs])
+    boxes = np.stack(boxes)
+    stack = lambda pictures, part: np.stack([getattr(p, part) for p in pictures])
+    small, target, detail, whole = stack(ones, "small"), stack(others, "target"), stack(ones, "detail"), stack(others, "whole")
+    active = np.arange(len(open_pairs))  # the pairs still searched, as rows of the stacks
+    for step, floor in ((.03, _FIRST_STEP_FLOOR), (.015, _REFINE_FROM)):
+        boxes[active], _ = _refine(small[active], target[active], boxes[active], step, 24)
+        scores = _scores_of(_sample(detail[active], boxes[active][:, None], 48), whole[active])[:, 0]
+        results[open_pairs[active]] = np.maximum(wholes[open_pairs[active]], scores)
+        active = active[scores >= floor]
+        if not len(active): return results
+    for step in (.01, .005):
+        boxes[active], scores = _refine(detail[active], whole[active], boxes[active], step, 48)
+    results[open_pairs[active]] = np.maximum(wholes[open_pairs[active]], scores)
+    return results
 
 def similarity(first: Path|tuple, # an image file, or its `_check_picture`
                second: Path|tuple, # the other image file, or its `_check_picture`
@@ -365,24 +412,7 @@ def similarity(first: Path|tuple, # an image file, or its `_check_picture`
               ) -> float:
     "How surely `first` and `second` are the same photo, one maybe cropped: high-pass correlation, 1 is identical"
     a, b = [p if isinstance(p, tuple) else _check_picture_of(p) for p in (first, second)]
-    whole = float(a.whole @ b.whole)
-    if whole >= 0.95: return whole
-    if uncropped is None:  # the coarse crop search both ways, and the way that matched better
-        box, score = _coarse_crop(a.small, b.target, b.ratio/a.ratio)
-        box_swapped, score_swapped = _coarse_crop(b.small, a.target, a.ratio/b.ratio)
-        one, other = a, b
-        if score_swapped > score: one, other, box = b, a, box_swapped
-    else:
-        one, other = (a, b) if uncropped == 0 else (b, a)
-        box = (_fit_ratio(start, other.ratio/one.ratio) if start is not None
-               else _coarse_crop(one.small, other.target, other.ratio/one.ratio)[0])
-    for step, floor in ((.03, _FIRST_STEP_FLOOR), (.015, _REFINE_FROM)):  # in the direction chosen
-        box, _ = _refine(one.small, other.target, box, step, 24)
-        detail = float(_dot(_sample(one.detail, box[None], 48), other.whole)[0])
-        if detail < floor: return max(whole, detail)
-    for step in (.01, .005):
-        box, detail = _refine(one.detail, other.whole, box, step, 48)
-    return max(whole, detail)
+    return float(_similarities([(a, b, uncropped, start)])[0])
 
 # %% ../nbs/02_clean.ipynb #fb628785
 def _groups(pairs, count: int) -> list[list[int]]:
@@ -405,10 +435,13 @@ def _keeper(group, rows, usual_suffix) -> int:
 
 _squares = {} # in a worker: image index to (square, ratio)
 
-def _hold_squares(squares: dict|None):
+def _hold_squares(squares: dict|None, # image index to (square, ratio)
+                  processes: bool=True, # the workers are processes: one BLAS thread each
+                 ):
     "Start a worker holding the `squares` of the images whose pairs it scores"
     global _squares
     _squares = squares or {}
+    if processes: threadpool_limits(1)  # as many workers as cores: more threads only wait on each other
 
 def _pool(workers: int|None, # how many; one per core when `None`
           squares: dict|None=None, # image index to (square, ratio), for `_scores`
@@ -418,7 +451,7 @@ def _pool(workers: int|None, # how many; one per core when `None`
     if sys.platform.startswith("linux") and workers > 1:  # a forked worker inherits `squares` unpickled
         return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
                                    initializer=_hold_squares, initargs=(squares,))
-    return ThreadPoolExecutor(workers, initializer=_hold_squares, initargs=(squares,))
+    return ThreadPoolExecutor(workers, initializer=_hold_squares, initargs=(squares, False))
 
 def _drafts_differ(first: dict, second: dict) -> bool:
     "Whether two JPEGs of one size, both decoded at reduced scale, show it: pixels that differ there differ in full"
@@ -429,7 +462,7 @@ def _scores(pairs: list) -> list[float]:
     images = sorted({i for a, b, _ in pairs for i in (a, b)})
     pictures = _check_pictures(np.stack([_squares[i][0] for i in images]), [_squares[i][1] for i in images])
     picture = dict(zip(images, pictures))
-    return [similarity(picture[a], picture[b], *hint) for a, b, hint in pairs]
+    return _similarities([(picture[a], picture[b], *hint) for a, b, hint in pairs]).tolist()
 
 # %% ../nbs/02_clean.ipynb #83f97529
 def find_duplicates(data: Path, # the dataset folder
@@ -612,14 +645,11 @@ REPORT_COLUMNS = ["path", "class", "issue", "duplicate_of", "similarity", "detai
                   "bytes", "action"]
 
 def _inspect_all(data: Path, images: list[Path], min_side: int, workers: int|None) -> list[dict]:
-    "`inspect_image` of every image, with `path` and `class` added: first looks in worker processes, signals here"
-    infos = []
+    "`inspect_image` of every image, in worker processes, with `path` and `class` added"
+    chunks = [images[start:start + 32] for start in range(0, len(images), 32)]
     with _pool(workers) as pool:
-        looks = pool.map(functools.partial(_first_look, min_side=min_side), images, chunksize=32)
-        for info in progress_bar(looks, total=len(images), leave=False):  # signals while the workers go on
-            infos.append(info)
-            if len(infos) % _BATCH == 0: _add_signals(infos[-_BATCH:])
-    _add_signals(infos[len(infos) - len(infos) % _BATCH:])
+        done = pool.map(functools.partial(_inspect_images, min_side=min_side), chunks)
+        infos = [info for chunk in progress_bar(done, total=len(chunks), leave=False) for info in chunk]
     for path, info in zip(images, infos):
         relative = path.relative_to(data)
         info.update(path=relative.as_posix(), **{"class": relative.parts[0]})
