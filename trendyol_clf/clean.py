@@ -79,7 +79,8 @@ def _square(img: Image.Image, side: int) -> np.ndarray:
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
-    return _equalise(np.asarray(img.convert("L").resize((side, side), Image.BOX)))
+    gray = img if img.mode == "L" else img.convert("L")  # a drafted JPEG is gray already
+    return _equalise(np.asarray(gray.resize((side, side), Image.BOX)))
 
 def _unit_rows(rows: np.ndarray) -> np.ndarray:
     "Each of `rows` centred and scaled to unit length"
