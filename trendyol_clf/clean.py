@@ -15,6 +15,7 @@ import json
 import multiprocessing
 import os
 import sys
+import textwrap
 import time
 import warnings
 from collections import Counter
@@ -27,13 +28,13 @@ import numpy as np
 import pandas as pd
 from fastcore.script import call_parse
 from fastprogress.fastprogress import progress_bar
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageFile, UnidentifiedImageError
 from threadpoolctl import threadpool_limits
 
 # %% auto #0
 __all__ = ['IMAGE_SUFFIXES', 'ISSUES', 'REPORT_COLUMNS', 'list_images', 'inspect_image', 'candidate_pairs', 'similarity',
            'find_duplicates', 'MediaPipePose', 'TorchvisionPerson', 'move_flagged', 'restore', 'clean', 'show_pairs',
-           'class_counts', 'clean_cli']
+           'show_issues', 'class_counts', 'clean_cli']
 
 # %% ../nbs/02_clean.ipynb #6d2641c5
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff")
@@ -712,11 +713,54 @@ def show_pairs(data: Path, # the dataset folder
     if pairs.empty: return None
     fig, axes = plt.subplots(2, len(pairs), figsize=(2*len(pairs), 4.4), squeeze=False)
     for column, row in enumerate(pairs.itertuples()):
-        for line, (path, title) in enumerate([(row.path, f"{row.issue}\n{row.similarity:.2f}"),
-                                              (row.duplicate_of, "kept")]):
-            ax, found = axes[line, column], Path(data)/path
-            if not found.exists(): found = Path(data)/"_removed"/row.issue/path
+        for line, (found, title) in enumerate([(_where_now(data, row), f"{row.issue}\n{row.similarity:.2f}"),
+                                               (Path(data)/row.duplicate_of, "kept")]):
+            ax = axes[line, column]
             ax.imshow(Image.open(found).convert("RGB")); ax.set_title(title, fontsize=8); ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+def _where_now(data: Path, row) -> Path:
+    "Where the file of a report `row` is now: moved under `_removed/` (its `action` says where) or in its place"
+    action = getattr(row, "action", "") or ""
+    return Path(data)/(action.removeprefix("moved to ") if action.startswith("moved to ") else row.path)
+
+# %% ../nbs/02_clean.ipynb #d6a2282b
+def _picture_or_none(path: Path, side: int=256) -> Image.Image|None:
+    "What decodes of the image at `path`, at most `side` pixels a side; `None` when nothing does"
+    truncated_allowed = ImageFile.LOAD_TRUNCATED_IMAGES
+    ImageFile.LOAD_TRUNCATED_IMAGES = True  # a truncated photo shows the part that arrived
+    try:
+        with Image.open(path) as img:
+            img.thumbnail((side, side))
+            return img.convert("RGB")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError): return None
+    finally: ImageFile.LOAD_TRUNCATED_IMAGES = truncated_allowed
+
+def show_issues(data: Path, # the dataset folder
+                report: pd.DataFrame, # `clean`'s report
+                per_issue: int=6, # files shown per issue kind at most
+               ):
+    "A grid of the flagged files, a row per issue kind: each file's picture, or what it holds when none decodes"
+    import matplotlib.pyplot as plt
+    kinds = [issue for issue in ISSUES if issue in set(report.issue)]
+    if not kinds: return None
+    columns = min(per_issue, report.issue.value_counts().max())
+    fig, axes = plt.subplots(len(kinds), columns, figsize=(1.8*columns, 2.2*len(kinds)), squeeze=False)
+    for line, issue in enumerate(kinds):
+        flagged = list(report[report.issue == issue].head(columns).itertuples())
+        for column, ax in enumerate(axes[line]):
+            if column >= len(flagged): ax.axis("off"); continue
+            row, found = flagged[column], _where_now(data, flagged[column])
+            picture = _picture_or_none(found) if found.exists() else None
+            detail = row.detail or (f"{row.similarity:.2f} alike" if pd.notna(row.similarity) else "")
+            if picture is not None:
+                ax.imshow(picture); ax.set_xlabel(textwrap.shorten(detail, 26, placeholder="…"), fontsize=7)
+            else: ax.text(.5, .5, textwrap.fill(detail or "file not found", 20), ha="center", va="center",
+                          fontsize=7, transform=ax.transAxes)
+            ax.set_title(f"{issue}\n{textwrap.shorten(Path(row.path).name, 22, placeholder='…')}", fontsize=7)
+            ax.set_xticks([]); ax.set_yticks([])  # a frame, so that a white picture still shows
+            for spine in ax.spines.values(): spine.set_color("lightgray")
     fig.tight_layout()
     return fig
 
