@@ -173,6 +173,22 @@ def test_pixel_identical_files_in_other_formats_or_with_other_metadata_are_dupli
     assert len(report) == 4, report
 
 
+def test_flat_pictures_are_not_copies_and_deep_ones_are_seen(tmp_path, clothing_small):
+    "Placeholders of one colour match nothing; a 16-bit PNG of a photo is a copy of it, not a white picture"
+    data = tmp_path/"DATA"
+    (data/"dress").mkdir(parents=True)
+    photos = sorted((clothing_small/"train"/"dress").glob("*.jpg"))[:6]
+    for photo in photos: shutil.copy(photo, data/"dress"/photo.name)
+    for name, colour in [("white.png", "white"), ("paper.jpg", (250, 250, 248)), ("grey.png", (128, 128, 128))]:
+        Image.new("RGB", (300, 400), colour).save(data/"dress"/name)
+    gray = np.asarray(Image.open(photos[0]).convert("L"), dtype=np.uint16)*257  # 16 bits a pixel, as scanners write
+    Image.fromarray(gray).save(data/"dress"/"deep.png")
+    report = clean(data, dry_run=True).set_index("path")
+    assert report.loc["dress/deep.png", ["issue", "duplicate_of"]].tolist() == ["near_duplicate", f"dress/{photos[0].name}"]
+    assert not {"dress/white.png", "dress/paper.jpg", "dress/grey.png"} & set(report.index), report
+    assert len(report) == 1, report
+
+
 def test_other_photos_and_their_copies(tmp_path):
     "Photos that are not garments on white: scikit-image's samples and their edited copies"
     import skimage.data

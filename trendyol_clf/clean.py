@@ -75,18 +75,28 @@ def _equalise(pixels: np.ndarray) -> np.ndarray:
     if not step: return pixels
     return np.minimum((step//2 + np.cumsum(counts) - counts)//step, 255).astype(np.uint8)[pixels]
 
+def _deep(img: Image.Image) -> bool:
+    "Whether `img` has more than 8 bits a pixel in one channel (a 16-bit PNG, a 32-bit TIFF)"
+    return img.mode in ("I", "F") or img.mode.startswith("I;16")
+
 def _square(img: Image.Image, side: int) -> np.ndarray:
     "`img` squeezed into an equalised grayscale square of `side` pixels, transparent parts on white"
     if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, "white"), rgba)
+    if _deep(img):  # Pillow's conversion to 8 bits would clip every level above 255 to white
+        values = np.asarray(img, dtype=np.float32)
+        img = Image.fromarray(np.clip(values*(255/(65535 if values.max() > 255 else 255)), 0, 255).astype(np.uint8))
     gray = img if img.mode == "L" else img.convert("L")  # a drafted JPEG is gray already
     return _equalise(np.asarray(gray.resize((side, side), Image.BOX)))
 
+_FLAT = 0.1 # grey levels: a picture whose centred values have a smaller length is flat, and has no direction
+
 def _unit_rows(rows: np.ndarray) -> np.ndarray:
-    "Each of `rows` centred and scaled to unit length"
+    "Each of `rows` centred and scaled to unit length; zeros for a flat row, whatever rounding left in it"
     rows = rows - rows.mean(-1, keepdims=True)
-    return rows/(np.linalg.norm(rows, axis=-1, keepdims=True) + 1e-6)
+    lengths = np.linalg.norm(rows, axis=-1, keepdims=True)
+    return np.where(lengths > _FLAT, rows/np.maximum(lengths, _FLAT), 0).astype(np.float32)
 
 @functools.lru_cache(maxsize=None)
 def _box_filter(size: int, start: float, end: float, side: int) -> np.ndarray:
@@ -113,8 +123,7 @@ def _thumb_vectors(squares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     shrunk = rows @ squares.astype(np.float32) @ columns  # each row span by each column span: a 12×12 block each
     shrunk = shrunk.reshape(len(squares), len(rows)//side, side, columns.shape[1]//side, side)
     thumbs = np.moveaxis(shrunk[:, row_of, :, column_of, :], 0, 1).reshape(len(squares), len(row_of), -1)
-    thumbs -= thumbs.mean(2, keepdims=True)
-    thumbs /= np.linalg.norm(thumbs, axis=2, keepdims=True) + 1e-6
+    thumbs = _unit_rows(thumbs)
     return thumbs[:, 0], thumbs[:, 1:].astype(np.float16)  # half the memory; a cosine moves by < 0.001
 
 @functools.lru_cache(maxsize=None)
@@ -145,8 +154,10 @@ def _decode(path: Path|io.BytesIO) -> Image.Image:
     return img
 
 def _pixel_digest(image: Path|Image.Image) -> str:
-    "SHA-256 of the RGB pixels of `image` (or of the image file at that path), decoded in full"
-    if isinstance(image, Image.Image): return hashlib.sha256(image.convert("RGB").tobytes()).hexdigest()
+    "SHA-256 of the RGB pixels of `image` (or of the image file at that path), decoded in full; deeper ones as they are"
+    if isinstance(image, Image.Image):
+        pixels = image.mode.encode() + image.tobytes() if _deep(image) else image.convert("RGB").tobytes()
+        return hashlib.sha256(pixels).hexdigest()
     with Image.open(image) as img: return _pixel_digest(img)
 
 # %% ../nbs/02_clean.ipynb #4bb81325
