@@ -88,6 +88,9 @@ def _square(img: Image.Image, side: int) -> np.ndarray:
         values = np.asarray(img, dtype=np.float32)
         img = Image.fromarray(np.clip(values*(255/(65535 if values.max() > 255 else 255)), 0, 255).astype(np.uint8))
     gray = img if img.mode == "L" else img.convert("L")  # a drafted JPEG is gray already
+    if not img.info.get("drafted", True):  # decoded in full: averaged in blocks as a JPEG of its size would be
+        block = next((b for b in (8, 4, 2) if min(gray.width, gray.height)//(2*side) >= b), 1)
+        if block > 1: gray = gray.reduce(block)
     return _equalise(np.asarray(gray.resize((side, side), Image.BOX)))
 
 _FLAT = 0.1 # grey levels: a picture whose centred values have a smaller length is flat, and has no direction
