@@ -149,12 +149,18 @@ def test_never_overwrites_when_moving_or_restoring(tmp_path, clothing_small):
     assert (data/"hat"/"b.jpg").read_bytes() == photo.read_bytes()
 
 
+def _six_photos(tmp_path: Path, clothing_small: Path, label: str) -> tuple[Path, list[Path]]:
+    "A dataset folder holding six shared photos of class `label`, and those photos' shared paths"
+    data = tmp_path/"DATA"
+    (data/label).mkdir(parents=True)
+    photos = sorted((clothing_small/"train"/label).glob("*.jpg"))[:6]
+    for photo in photos: shutil.copy(photo, data/label/photo.name)
+    return data, photos
+
+
 def test_pixel_identical_files_in_other_formats_or_with_other_metadata_are_duplicates(tmp_path, clothing_small):
     "Same pixels, different bytes: a JPEG with a comment added, PNG and TIFF saves; a lossy WebP is only near"
-    data = tmp_path/"DATA"
-    (data/"shirt").mkdir(parents=True)
-    photos = sorted((clothing_small/"train"/"shirt").glob("*.jpg"))[:6]
-    for photo in photos: shutil.copy(photo, data/"shirt"/photo.name)
+    data, photos = _six_photos(tmp_path, clothing_small, "shirt")
     original = photos[0].read_bytes()
     comment = b"saved again by a CDN"
     marker = b"\xff\xfe" + (len(comment) + 2).to_bytes(2, "big") + comment  # a JPEG comment after the start marker
@@ -175,10 +181,7 @@ def test_pixel_identical_files_in_other_formats_or_with_other_metadata_are_dupli
 
 def test_flat_pictures_are_not_copies_and_deep_ones_are_seen(tmp_path, clothing_small):
     "Placeholders of one colour match nothing; a 16-bit PNG of a photo is a copy of it, not a white picture"
-    data = tmp_path/"DATA"
-    (data/"dress").mkdir(parents=True)
-    photos = sorted((clothing_small/"train"/"dress").glob("*.jpg"))[:6]
-    for photo in photos: shutil.copy(photo, data/"dress"/photo.name)
+    data, photos = _six_photos(tmp_path, clothing_small, "dress")
     for name, colour in [("white.png", "white"), ("paper.jpg", (250, 250, 248)), ("grey.png", (128, 128, 128))]:
         Image.new("RGB", (300, 400), colour).save(data/"dress"/name)
     gray = np.asarray(Image.open(photos[0]).convert("L"), dtype=np.uint16)*257  # 16 bits a pixel, as scanners write
