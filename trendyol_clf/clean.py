@@ -229,6 +229,39 @@ def _neighbours(vectors: np.ndarray, # one row per image: bytes of a binary hash
              for start in range(0, len(queries), 65_536)]  # half-precision rows widened a chunk at a time
     return np.concatenate([d for d, _ in found]), np.concatenate([i for _, i in found])
 
+def _bounded_search(vectors: np.ndarray, # unit rows to search
+                    queries: np.ndarray, # unit rows to look up, in the same or half precision
+                    k: int,              # nearest rows kept per query
+                    threshold: float,    # the cosine from which a row counts
+                    directions: int=32,  # leading principal directions the first pass compares in
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    "What `_neighbours` finds at `threshold` or above, exactly, first comparing in a few directions"
+    _, eigenvectors = np.linalg.eigh(vectors.T.astype(np.float64) @ vectors)
+    basis = eigenvectors[:, ::-1][:, :directions].astype(np.float32)
+    def shortened(rows):  # the leading directions, then the length of the rest as one more
+        rows = np.asarray(rows, dtype=np.float32)
+        lead = rows @ basis
+        rest = np.sqrt(np.maximum((rows*rows).sum(1) - (lead*lead).sum(1), 0))
+        return np.ascontiguousarray(np.hstack([lead, rest[:, None]]))
+    index = faiss.IndexFlatIP(directions + 1)
+    index.add(shortened(vectors))
+    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    indices = np.full((len(queries), k), -1)
+    for start in range(0, len(queries), 65_536):  # a chunk at a time: bounded memory for wide rows
+        chunk = queries[start:start + 65_536]
+        # all rows that may reach `threshold`; the margin covers float32 rounding of the rest's length
+        limits, _, found = index.range_search(shortened(chunk), threshold - 1e-3)
+        owner = np.repeat(np.arange(len(chunk)), np.diff(limits).astype(np.int64))
+        exact = np.einsum("nd,nd->n", chunk[owner].astype(np.float32), vectors[found])
+        keep = exact >= threshold
+        order = np.lexsort((-exact[keep], owner[keep]))  # by query, best first
+        owner, found, exact = owner[keep][order], found[keep][order], exact[keep][order]
+        rank = np.arange(len(owner)) - np.searchsorted(owner, owner)  # place in its query's list
+        top = rank < k
+        rows = start + owner[top]
+        scores[rows, rank[top]], indices[rows, rank[top]] = exact[top], found[top]
+    return scores, indices
+
 # %% ../nbs/02_clean.ipynb #280c72a0
 def candidate_pairs(infos: list[dict], # `inspect_image` results of the images to compare
                     max_hash_distance: int=10, # Hamming distance up to which hashes propose a pair
@@ -258,7 +291,10 @@ def candidate_pairs(infos: list[dict], # `inspect_image` results of the images t
     keep = lambda s: s >= min_thumb_similarity
     add(own, _neighbours(thumbs, thumbs, neighbours, exact_search_below), keep)
     owners, crops = np.repeat(own, len(_VARIANT_BOXES)), np.tile(_VARIANT_EDGES, (len(infos), 1))
-    add(owners, _neighbours(thumbs, variants, neighbours, exact_search_below), keep, crops)
+    if len(infos) < exact_search_below:
+        search = _bounded_search(thumbs, variants, neighbours, min_thumb_similarity)
+    else: search = _neighbours(thumbs, variants, neighbours, exact_search_below)
+    add(owners, search, keep, crops)
     return found if hints else set(found)
 
 # %% ../nbs/02_clean.ipynb #b8d1bf5a
