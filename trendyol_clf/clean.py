@@ -119,15 +119,20 @@ def _thumb_filters(size: int) -> tuple[np.ndarray, np.ndarray, list[int], list[i
     row_of, column_of = [[unique[axis].index(span) for span in spans[axis]] for axis in ("rows", "columns")]
     return rows, columns.T.copy(), row_of, column_of
 
+def _whole_thumbs(squares: np.ndarray) -> np.ndarray:
+    "The 12×12 thumbnail of each of a stack of grayscale `squares`, as a unit vector"
+    shrink = _box_filter(squares.shape[-1], 0, squares.shape[-1], _THUMB_SIDE)
+    return _unit_rows((shrink @ squares.astype(np.float32) @ shrink.T).reshape(len(squares), -1))
+
 def _thumb_vectors(squares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    "The small unit vectors of a stack of grayscale `squares`, and those of their crops in `_VARIANT_BOXES`"
+    "The thumbnails of a stack of grayscale `squares`, and those of their crops in `_VARIANT_BOXES`"
     rows, columns, row_of, column_of = _thumb_filters(squares.shape[-1])
     side = _THUMB_SIDE
     shrunk = rows @ squares.astype(np.float32) @ columns  # each row span by each column span: a 12×12 block each
     shrunk = shrunk.reshape(len(squares), len(rows)//side, side, columns.shape[1]//side, side)
     thumbs = np.moveaxis(shrunk[:, row_of, :, column_of, :], 0, 1).reshape(len(squares), len(row_of), -1)
     thumbs = _unit_rows(thumbs)
-    return thumbs[:, 0], thumbs[:, 1:].astype(np.float16)  # half the memory; a cosine moves by < 0.001
+    return thumbs[:, 0], thumbs[:, 1:]
 
 @functools.lru_cache(maxsize=None)
 def _phash_filter(side: int) -> np.ndarray:
@@ -187,14 +192,13 @@ def _first_look(path: Path, # an image file
     return info
 
 def _add_signals(infos: list[dict]) -> list[dict]:
-    "`infos` of `_first_look` with the pHash and thumbnails of their squares added, many images at a time"
+    "`infos` of `_first_look` with the pHash and thumbnail of their squares, many images at a time"
     sound = [info for info in infos if info["issue"] is None]
     for start in range(0, len(sound), _BATCH):
         batch = sound[start:start + _BATCH]
         squares = np.stack([info["square"] for info in batch])
-        thumbs, variants = _thumb_vectors(squares)
-        for info, *signals in zip(batch, _phash(squares), thumbs, variants):
-            info.update(zip(("phash", "thumb", "variants"), signals))
+        for info, phash, thumb in zip(batch, _phash(squares), _whole_thumbs(squares)):
+            info.update(phash=phash, thumb=thumb)
     return infos
 
 def _inspect_images(paths: list[Path], min_side: int=64) -> list[dict]:
@@ -208,8 +212,13 @@ def inspect_image(path: Path, # an image file
     return _inspect_images([path], min_side)[0]
 
 # %% ../nbs/02_clean.ipynb #449524b2
+def _in_chunks(rows, size: int=65_536):
+    "`rows` a chunk of `size` at a time when they are an array; anything else is chunks already"
+    if not isinstance(rows, np.ndarray): return rows
+    return (rows[start:start + size] for start in range(0, len(rows), size))
+
 def _neighbours(vectors: np.ndarray, # one row per image: bytes of a binary hash, or float vectors
-                queries: np.ndarray, # rows to look up, in the same form
+                queries, # rows to look up, in the same form: an array, or an iterable of arrays
                 k: int,              # nearest neighbours asked for each query
                 exact_search_below: int, # exact index below this many vectors, HNSW graph above
                ) -> tuple[np.ndarray, np.ndarray]:
@@ -225,12 +234,12 @@ def _neighbours(vectors: np.ndarray, # one row per image: bytes of a binary hash
                  else faiss.IndexHNSWFlat(dim, 16, faiss.METRIC_INNER_PRODUCT))
     if n >= exact_search_below: index.hnsw.efSearch = 64
     index.add(np.ascontiguousarray(vectors))
-    found = [index.search(np.ascontiguousarray(queries[start:start + 65_536], dtype=vectors.dtype), k)
-             for start in range(0, len(queries), 65_536)]  # half-precision rows widened a chunk at a time
+    found = [index.search(np.ascontiguousarray(chunk, dtype=vectors.dtype), k)
+             for chunk in _in_chunks(queries)]
     return np.concatenate([d for d, _ in found]), np.concatenate([i for _, i in found])
 
 def _bounded_search(vectors: np.ndarray, # unit rows to search
-                    queries: np.ndarray, # unit rows to look up, in the same or half precision
+                    queries, # unit rows to look up: an array, or an iterable of arrays
                     k: int,              # nearest rows kept per query
                     threshold: float,    # the cosine from which a row counts
                     directions: int=32,  # leading principal directions the first pass compares in
@@ -245,24 +254,33 @@ def _bounded_search(vectors: np.ndarray, # unit rows to search
         return np.ascontiguousarray(np.hstack([lead, rest[:, None]]))
     index = faiss.IndexFlatIP(directions + 1)
     index.add(shortened(vectors))
-    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
-    indices = np.full((len(queries), k), -1)
-    for start in range(0, len(queries), 65_536):  # a chunk at a time: bounded memory for wide rows
-        chunk = queries[start:start + 65_536]
+    all_scores, all_indices = [np.zeros((0, k), np.float32)], [np.zeros((0, k), np.int64)]
+    for chunk in _in_chunks(queries):  # a chunk at a time: bounded memory for wide rows
+        chunk = np.asarray(chunk, dtype=np.float32)
         # all rows that may reach `threshold`; the margin covers float32 rounding of the rest's length
         limits, _, found = index.range_search(shortened(chunk), threshold - 1e-3)
         owner = np.repeat(np.arange(len(chunk)), np.diff(limits).astype(np.int64))
-        exact = np.einsum("nd,nd->n", chunk[owner].astype(np.float32), vectors[found])
+        exact = np.einsum("nd,nd->n", chunk[owner], vectors[found])
         keep = exact >= threshold
         order = np.lexsort((-exact[keep], owner[keep]))  # by query, best first
         owner, found, exact = owner[keep][order], found[keep][order], exact[keep][order]
         rank = np.arange(len(owner)) - np.searchsorted(owner, owner)  # place in its query's list
         top = rank < k
-        rows = start + owner[top]
-        scores[rows, rank[top]], indices[rows, rank[top]] = exact[top], found[top]
-    return scores, indices
+        scores = np.full((len(chunk), k), -np.inf, dtype=np.float32)
+        indices = np.full((len(chunk), k), -1)
+        scores[owner[top], rank[top]], indices[owner[top], rank[top]] = exact[top], found[top]
+        all_scores.append(scores); all_indices.append(indices)
+    return np.concatenate(all_scores), np.concatenate(all_indices)
 
 # %% ../nbs/02_clean.ipynb #280c72a0
+def _crop_thumbs(infos: list[dict], # `inspect_image` results, with their squares
+                 images: int=1_024, # images whose crops are made at a time
+                ):
+    "Thumbnails of the crops in `_VARIANT_BOXES` of each of `infos`, 28 rows an image, in chunks"
+    for start in range(0, len(infos), images):
+        squares = np.stack([info["square"] for info in infos[start:start + images]])
+        yield _thumb_vectors(squares)[1].reshape(-1, _THUMB_SIDE**2)
+
 def candidate_pairs(infos: list[dict], # `inspect_image` results of the images to compare
                     max_hash_distance: int=10, # Hamming distance up to which hashes propose a pair
                     min_thumb_similarity: float=0.94, # cosine from which thumbnails propose a pair
@@ -287,13 +305,12 @@ def candidate_pairs(infos: list[dict], # `inspect_image` results of the images t
     hashes = np.stack([info["phash"] for info in infos])
     add(own, _neighbours(hashes, hashes, neighbours, exact_search_below), lambda d: d <= max_hash_distance)
     thumbs = np.stack([info["thumb"] for info in infos])
-    variants = np.concatenate([info["variants"] for info in infos])
     keep = lambda s: s >= min_thumb_similarity
     add(own, _neighbours(thumbs, thumbs, neighbours, exact_search_below), keep)
     owners, crops = np.repeat(own, len(_VARIANT_BOXES)), np.tile(_VARIANT_EDGES, (len(infos), 1))
     if len(infos) < exact_search_below:
-        search = _bounded_search(thumbs, variants, neighbours, min_thumb_similarity)
-    else: search = _neighbours(thumbs, variants, neighbours, exact_search_below)
+        search = _bounded_search(thumbs, _crop_thumbs(infos), neighbours, min_thumb_similarity)
+    else: search = _neighbours(thumbs, _crop_thumbs(infos), neighbours, exact_search_below)
     add(owners, search, keep, crops)
     return found if hints else set(found)
 
