@@ -215,6 +215,26 @@ def test_other_photos_and_their_copies(tmp_path):
     assert len(report) == len(expected), report
 
 
+def test_crops_of_fine_textures_are_found(tmp_path):
+    "Close-ups of a fine texture (bricks, grass, gravel: what a fabric close-up looks like), cut a few percent"
+    import skimage.data
+    data, expected = tmp_path/"DATA", {}
+    (data/"close-up").mkdir(parents=True)
+    for name in ("brick", "grass", "gravel"):
+        picture = Image.fromarray(getattr(skimage.data, name)()).convert("RGB")
+        picture = picture.resize((1024, 1024), Image.LANCZOS)  # a close-up at the size of a shop photo
+        picture.save(data/"close-up"/f"{name}.jpg", quality=90)
+        for number, cut in enumerate([(.05, .03, .04, .06), (.07, .02, .02, .05)]):
+            left, top, right, bottom = (round(1024*side) for side in cut)
+            cut_name = f"close-up/{name}_cut{number}.jpg"
+            picture.crop((left, top, 1024 - right, 1024 - bottom)).save(data/cut_name, quality=85)
+            expected[cut_name] = f"close-up/{name}.jpg"
+    report = clean(data, dry_run=True).set_index("path")
+    assert set(report.index) == set(expected), report
+    assert (report["issue"] == "near_duplicate").all(), report
+    assert report["duplicate_of"].to_dict() == expected, report
+
+
 def test_command_line_reports_moves_and_restores(dataset, tmp_path):
     data = tmp_path/"DATA"
     shutil.copytree(dataset[0], data)

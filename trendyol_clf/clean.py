@@ -102,10 +102,10 @@ def _unit_rows(rows: np.ndarray) -> np.ndarray:
     return np.where(lengths > _FLAT, rows/np.maximum(lengths, _FLAT), 0).astype(np.float32)
 
 @functools.lru_cache(maxsize=None)
-def _box_filter(size: int, start: float, end: float, side: int) -> np.ndarray:
-    "The `side`×`size` weights with which Pillow's BOX filter shrinks pixels `start` to `end` of a row"
+def _shrink_weights(size: int, start: float, end: float, side: int) -> np.ndarray:
+    "The `side`×`size` weights with which Pillow's Lanczos filter shrinks pixels `start` to `end` of a row"
     one_hot_rows = Image.fromarray(np.eye(size, dtype=np.float32))  # row r: a one at pixel r
-    return np.asarray(one_hot_rows.resize((side, size), Image.BOX, box=(start, 0, end, size))).T.copy()
+    return np.asarray(one_hot_rows.resize((side, size), Image.LANCZOS, box=(start, 0, end, size))).T.copy()
 
 @functools.lru_cache(maxsize=None)
 def _thumb_filters(size: int) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
@@ -114,14 +114,14 @@ def _thumb_filters(size: int) -> tuple[np.ndarray, np.ndarray, list[int], list[i
     spans = {"rows": [(top, bottom) for _, top, _, bottom in boxes],
              "columns": [(left, right) for left, _, right, _ in boxes]}
     unique = {axis: sorted(set(found)) for axis, found in spans.items()}  # many boxes share a row or column span
-    rows, columns = [np.concatenate([_box_filter(size, start*size, end*size, _THUMB_SIDE) for start, end in unique[axis]])
+    rows, columns = [np.concatenate([_shrink_weights(size, start*size, end*size, _THUMB_SIDE) for start, end in unique[axis]])
                      for axis in ("rows", "columns")]
     row_of, column_of = [[unique[axis].index(span) for span in spans[axis]] for axis in ("rows", "columns")]
     return rows, columns.T.copy(), row_of, column_of
 
 def _whole_thumbs(squares: np.ndarray) -> np.ndarray:
     "The 12×12 thumbnail of each of a stack of grayscale `squares`, as a unit vector"
-    shrink = _box_filter(squares.shape[-1], 0, squares.shape[-1], _THUMB_SIDE)
+    shrink = _shrink_weights(squares.shape[-1], 0, squares.shape[-1], _THUMB_SIDE)
     return _unit_rows((shrink @ squares.astype(np.float32) @ shrink.T).reshape(len(squares), -1))
 
 def _thumb_vectors(squares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
