@@ -2,7 +2,7 @@
 
 Builds, under a temporary folder, a dataset of real photos from `../shared/data/clothing-small`
 with copies of a sample of them (byte copies, PNG re-saves, resized, re-encoded, cropped, WebP,
-brightened, darkened, copied into another class) and broken files (empty, truncated, HTML), then
+brightened, darkened, padded to a square with white, copied into another class) and broken files (empty, truncated, HTML), then
 reports per kind the recall of the copy-original pairs, the precision of the pairs found, the
 recall of broken files, images per second, and a projection of the cleaner's time to 100k images
 from two measured sizes. Times are medians of `--repeats` runs, for the cleaner and imagededup alike.
@@ -27,7 +27,7 @@ from trendyol_clf import clean as cleaner
 from trendyol_clf.clean import clean, list_images
 from trendyol_clf.core import shared_path
 
-KINDS = ("exact", "png", "resized", "reencoded", "cropped", "webp", "brightened", "darkened", "other_class")
+KINDS = ("exact", "png", "resized", "reencoded", "cropped", "webp", "brightened", "darkened", "padded", "other_class")
 
 
 def make_copy(source: Path, kind: str, classes: list, rng: random.Random) -> Path:
@@ -50,6 +50,11 @@ def make_copy(source: Path, kind: str, classes: list, rng: random.Random) -> Pat
     elif kind in ("brightened", "darkened"):
         factor = rng.uniform(1.2, 1.4) if kind == "brightened" else rng.uniform(.6, .8)
         image = ImageEnhance.Brightness(image).enhance(factor)
+    elif kind == "padded":  # centred on a white square (a square photo on a 3:4 canvas), as shops pad photos
+        shape = 3/4 if w == h else 1
+        canvas = Image.new("RGB", (max(w, round(h*shape)), max(h, round(w/shape))), "white")
+        canvas.paste(image, ((canvas.width - w)//2, (canvas.height - h)//2))
+        image = canvas
     elif kind == "other_class":
         target = source.parents[1]/rng.choice([c for c in classes if c != source.parent.name])/target.name
     target = target.with_suffix(suffix)

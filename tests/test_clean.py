@@ -235,6 +235,35 @@ def test_crops_of_fine_textures_are_found(tmp_path):
     assert report["duplicate_of"].to_dict() == expected, report
 
 
+def _on_canvas(photo: Path, shape: float) -> Image.Image:
+    "The photo at `photo` centred on a white canvas `shape` times as wide as high, as shops pad photos"
+    picture = Image.open(photo).convert("RGB")
+    width, height = max(picture.width, round(picture.height*shape)), max(picture.height, round(picture.width/shape))
+    canvas = Image.new("RGB", (width, height), "white")
+    canvas.paste(picture, ((width - picture.width)//2, (height - picture.height)//2))
+    return canvas
+
+
+def test_copies_padded_to_another_shape_are_found(tmp_path, clothing_small):
+    "A portrait and a landscape photo padded to a square with white, a square photo padded to 3:4"
+    data, photos = _six_photos(tmp_path, clothing_small, "skirt")  # six 3:4 photos: the usual shape
+    portrait = photos[0]
+    others = sorted((clothing_small/"train").glob("*/*.jpg"))
+    landscape = next(p for p in others if Image.open(p).width/Image.open(p).height > 1.25)
+    square = next(p for p in others if Image.open(p).width == Image.open(p).height)
+    for photo in (landscape, square): shutil.copy(photo, data/"skirt"/photo.name)
+    expected = set()
+    for photo, shape, name in [(portrait, 1, "portrait_square.jpg"), (landscape, 1, "landscape_square.jpg"),
+                               (square, 3/4, "square_tall.jpg")]:
+        _on_canvas(photo, shape).save(data/"skirt"/name, quality=90)
+        expected.add(frozenset((f"skirt/{name}", f"skirt/{photo.name}")))
+    report = clean(data, dry_run=True)
+    assert {frozenset((row.path, row.duplicate_of)) for row in report.itertuples()} == expected, report
+    assert (report["issue"] == "near_duplicate").all(), report
+    # of a photo of the usual shape and its padded copy, the photo is kept
+    assert report.set_index("path").loc["skirt/portrait_square.jpg", "duplicate_of"] == f"skirt/{portrait.name}"
+
+
 def test_command_line_reports_moves_and_restores(dataset, tmp_path):
     data = tmp_path/"DATA"
     shutil.copytree(dataset[0], data)

@@ -281,6 +281,36 @@ def _crop_thumbs(infos: list[dict], # `inspect_image` results, with their square
         squares = np.stack([info["square"] for info in infos[start:start + images]])
         yield _thumb_vectors(squares)[1].reshape(-1, _THUMB_SIDE**2)
 
+_CANVASES = (1, 3/4) # shapes (width/height) shops pad photos to with white: such copies are proposed
+
+def _padded_thumbs(infos: list[dict], # `inspect_image` results, with their squares
+                   min_fill: float=.5, # the least share of a canvas side a photo fills to be placed on it
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    "Thumbnails of `infos` put on white canvases of the `_CANVASES` shapes; whose each is, and the box it fills"
+    side, owners, boxes, thumbs = _SQUARE_SIDE, [], [], []
+    shrink = _shrink_weights(side, 0, side, _THUMB_SIDE)  # a whole thumbnail's weights, 12 × side
+    ratios = np.array([info["width"]/info["height"] for info in infos])
+    for shape in _CANVASES:  # the photos that fill as much of a canvas are placed on it at once
+        fills = np.minimum(ratios/shape, shape/ratios)  # of the canvas' width if the photo is narrower, else height
+        placed = (fills >= min_fill) & (fills < .95)  # not nearly the canvas' shape already, nor lost on it
+        keys = np.stack([np.round(side*fills).astype(int), shape > ratios], axis=1)[placed]
+        for size, wider in np.unique(keys, axis=0).tolist():
+            group, start = np.flatnonzero(placed)[(keys == (size, wider)).all(1)], (side - size)//2
+            box = (start/side, 0, (start + size)/side, 1) if wider else (0, start/side, 1, (start + size)/side)
+            # squeezing the square to `size`, then shrinking the canvas, is one linear map of the square
+            inside = shrink[:, start:start + size] @ _shrink_weights(side, 0, side, size)  # 12 × side
+            canvas_share = shrink.sum(1) - shrink[:, start:start + size].sum(1)  # of each thumbnail line
+            white = 255*np.outer(shrink.sum(1), canvas_share)  # what the white canvas adds to each pixel
+            for first in range(0, len(group), 1_024):
+                members = group[first:first + 1_024]
+                squares = np.stack([infos[i]["square"] for i in members]).astype(np.float32)
+                across = (squares.reshape(-1, side) @ (inside if wider else shrink).T).reshape(len(members), side, -1)
+                shrunk = (shrink @ across + white) if wider else (inside @ across + white.T)
+                owners.append(members); boxes += [box]*len(members)
+                thumbs.append(_unit_rows(shrunk.reshape(len(members), -1)))
+    if not thumbs: return np.zeros(0, dtype=np.int64), np.zeros((0, 4), dtype=np.float32), np.zeros((0, 144))
+    return np.concatenate(owners), np.array(boxes, dtype=np.float32), np.concatenate(thumbs)
+
 def candidate_pairs(infos: list[dict], # `inspect_image` results of the images to compare
                     max_hash_distance: int=10, # Hamming distance up to which hashes propose a pair
                     min_thumb_similarity: float=0.94, # cosine from which thumbnails propose a pair
@@ -290,7 +320,7 @@ def candidate_pairs(infos: list[dict], # `inspect_image` results of the images t
                    ) -> set[tuple[int, int]]|dict:
     "Pairs `(i, j)`, `i < j`, of `infos` that one of the cheap signals finds alike"
     found, best = {}, {}  # `found[pair]`: which image of the pair a crop of matched the other, and that crop
-    def add(owners, search, keep, crops=None):
+    def add(owners, search, keep, crops=None, padded=False):
         scores, indices = search
         chosen = (indices >= 0) & (indices != owners[:, None]) & keep(scores)
         rows = np.broadcast_to(np.arange(len(owners))[:, None], indices.shape)[chosen]
@@ -298,8 +328,9 @@ def candidate_pairs(infos: list[dict], # `inspect_image` results of the images t
             first = int(owners[row])
             pair = (min(first, second), max(first, second))
             if crops is None: found.setdefault(pair, (None, None))
-            elif score > best.get(pair, -1):  # a crop of `first` looked like `second`, the best such so far
-                found[pair], best[pair] = (int(first != pair[0]), crops[row]), score
+            elif score > best.get(pair, -1):  # a crop of `first` (or `first` padded: a crop of `second`)
+                uncropped = second if padded else first  # looked like the other, the best such so far
+                found[pair], best[pair] = (int(uncropped != pair[0]), crops[row]), score
     if len(infos) < 2: return found if hints else set(found)
     own = np.arange(len(infos))
     hashes = np.stack([info["phash"] for info in infos])
@@ -312,6 +343,8 @@ def candidate_pairs(infos: list[dict], # `inspect_image` results of the images t
         search = _bounded_search(thumbs, _crop_thumbs(infos), neighbours, min_thumb_similarity)
     else: search = _neighbours(thumbs, _crop_thumbs(infos), neighbours, exact_search_below)
     add(owners, search, keep, crops)
+    owners, boxes, padded = _padded_thumbs(infos)
+    if len(padded): add(owners, _neighbours(thumbs, padded, neighbours, exact_search_below), keep, boxes, True)
     return found if hints else set(found)
 
 # %% ../nbs/02_clean.ipynb #b8d1bf5a
@@ -495,10 +528,13 @@ def _groups(pairs, count: int) -> list[list[int]]:
     for i in range(count): groups.setdefault(root(i), []).append(i)
     return [g for g in groups.values() if len(g) > 1]
 
-def _keeper(group, rows, usual_suffix) -> int:
-    "The member of `group` to keep: majority class, most pixels, usual format, biggest file, first path"
+def _shape(row: dict) -> float: return round(row["width"]/row["height"], 2)
+
+def _keeper(group, rows, usual_suffix, usual_shape) -> int:
+    "The member of `group` to keep: majority class, usual shape, most pixels, usual format, biggest file, first path"
     classes = Counter(rows[i]["class"] for i in group)
-    return min(group, key=lambda i: (-classes[rows[i]["class"]], -rows[i]["width"]*rows[i]["height"],
+    return min(group, key=lambda i: (-classes[rows[i]["class"]], _shape(rows[i]) != usual_shape,
+                                     -rows[i]["width"]*rows[i]["height"],
                                      Path(rows[i]["path"]).suffix.lower() != usual_suffix,
                                      -rows[i]["bytes"], rows[i]["path"]))
 
@@ -552,12 +588,13 @@ def find_duplicates(data: Path, # the dataset folder
     squares = {i: (rows[i]["square"], rows[i]["width"]/rows[i]["height"]) for a, b, _ in proposed for i in (a, b)}
     chunks = [proposed[start:start + 64] for start in range(0, len(proposed), 64)]
     usual_suffix = Counter(Path(rows[i]["path"]).suffix.lower() for i in good).most_common(1)[0][0] if good else ""
+    usual_shape = Counter(_shape(rows[i]) for i in good).most_common(1)[0][0] if good else 0
     with _pool(workers, squares) as pool:
         found = pool.map(_scores, chunks)
         for chunk, chunk_scores in zip(chunks, progress_bar(found, total=len(chunks), leave=False)):
             scores.update({(a, b): s for (a, b, _), s in zip(chunk, chunk_scores) if s >= min_similarity})
         copies = [(i, keep) for group in _groups(scores, len(rows))
-                  for keep in [_keeper(group, rows, usual_suffix)] for i in group if i != keep]
+                  for keep in [_keeper(group, rows, usual_suffix, usual_shape)] for i in group if i != keep]
         size = lambda i: (rows[i]["width"], rows[i]["height"])
         compared = [(i, keep) for i, keep in copies  # a verified pair of one size: are its pixels equal?
                     if rows[i]["sha"] != rows[keep]["sha"] and (min(i, keep), max(i, keep)) in scores
