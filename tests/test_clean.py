@@ -179,6 +179,18 @@ def test_pixel_identical_files_in_other_formats_or_with_other_metadata_are_dupli
     assert len(report) == 4, report
 
 
+def test_the_photo_is_kept_over_its_cmyk_and_gray_copies(tmp_path, clothing_small):
+    "A CMYK save is a bigger file with as many pixels, a grayscale save a smaller one: the RGB photo stays"
+    data, photos = _six_photos(tmp_path, clothing_small, "pants")
+    picture = Image.open(photos[0]).convert("RGB")
+    picture.convert("CMYK").save(data/"pants"/"printer.jpg", quality=95)
+    picture.convert("L").save(data/"pants"/"gray.jpg", quality=95)
+    assert (data/"pants"/"printer.jpg").stat().st_size > photos[0].stat().st_size
+    report = clean(data, dry_run=True).set_index("path")
+    assert sorted(report.index) == ["pants/gray.jpg", "pants/printer.jpg"], report
+    assert set(report["duplicate_of"]) == {f"pants/{photos[0].name}"}, report
+
+
 def test_flat_pictures_are_not_copies_and_deep_ones_are_seen(tmp_path, clothing_small):
     "Placeholders of one colour match nothing; a 16-bit PNG of a photo is a copy of it, not a white picture"
     data, photos = _six_photos(tmp_path, clothing_small, "dress")

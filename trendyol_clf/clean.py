@@ -155,10 +155,10 @@ def _decode(path: Path|io.BytesIO) -> Image.Image:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         img = Image.open(path)
-        full_size = img.size
+        full_size, file_mode = img.size, img.mode
         drafted = img.draft("L", (2*_SQUARE_SIDE, 2*_SQUARE_SIDE)) is not None
         img.load()
-    img.info.update(full_size=full_size, drafted=drafted)  # `drafted`: smaller or grayer than the file's pixels
+    img.info.update(full_size=full_size, file_mode=file_mode, drafted=drafted)  # `drafted`: smaller or grayer than the file's pixels
     return img
 
 def _pixel_digest(image: Path|Image.Image) -> str:
@@ -176,7 +176,7 @@ def _first_look(path: Path, # an image file
     path = Path(path)
     content = path.read_bytes()
     info = dict(bytes=len(content), sha=hashlib.sha256(content).hexdigest(),
-                issue=None, detail="", width=0, height=0, format="")
+                issue=None, detail="", width=0, height=0, format="", mode="")
     if not content: return {**info, "issue": "empty", "detail": "0 bytes"}
     try: img = _decode(io.BytesIO(content))  # the bytes read once
     except UnidentifiedImageError:
@@ -184,7 +184,7 @@ def _first_look(path: Path, # an image file
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
         return {**info, "issue": "corrupt", "detail": str(error)[:120]}
     (width, height), info["format"] = img.info["full_size"], img.format or ""
-    info.update(width=width, height=height)
+    info.update(width=width, height=height, mode=img.info["file_mode"])
     if min(width, height) < min_side:
         return {**info, "issue": "too_small", "detail": f"{width}x{height} px, under {min_side} px"}
     if not img.info["drafted"]: info["pixels"] = _pixel_digest(img)  # all its pixels: no decode again later
@@ -530,12 +530,19 @@ def _groups(pairs, count: int) -> list[list[int]]:
 
 def _shape(row: dict) -> float: return round(row["width"]/row["height"], 2)
 
-def _keeper(group, rows, usual_suffix, usual_shape) -> int:
-    "The member of `group` to keep: majority class, usual shape, most pixels, usual format, biggest file, first path"
+def _usual(rows: list[dict]) -> dict:
+    "The most common shape, file suffix and colour mode of `rows`"
+    common = lambda values: Counter(values).most_common(1)[0][0] if rows else None
+    return dict(shape=common(_shape(row) for row in rows), mode=common(row.get("mode") for row in rows),
+                suffix=common(Path(row["path"]).suffix.lower() for row in rows))
+
+def _keeper(group, rows, usual: dict) -> int:
+    "The member of `group` to keep, by majority class, then usual shape, pixels, format, mode, size, path"
     classes = Counter(rows[i]["class"] for i in group)
-    return min(group, key=lambda i: (-classes[rows[i]["class"]], _shape(rows[i]) != usual_shape,
+    return min(group, key=lambda i: (-classes[rows[i]["class"]], _shape(rows[i]) != usual["shape"],
                                      -rows[i]["width"]*rows[i]["height"],
-                                     Path(rows[i]["path"]).suffix.lower() != usual_suffix,
+                                     Path(rows[i]["path"]).suffix.lower() != usual["suffix"],
+                                     rows[i].get("mode") != usual["mode"],
                                      -rows[i]["bytes"], rows[i]["path"]))
 
 _squares = {} # in a worker: image index to (square, ratio)
@@ -587,14 +594,13 @@ def find_duplicates(data: Path, # the dataset folder
     scores = {pair: 1.0 for pair in exact}
     squares = {i: (rows[i]["square"], rows[i]["width"]/rows[i]["height"]) for a, b, _ in proposed for i in (a, b)}
     chunks = [proposed[start:start + 64] for start in range(0, len(proposed), 64)]
-    usual_suffix = Counter(Path(rows[i]["path"]).suffix.lower() for i in good).most_common(1)[0][0] if good else ""
-    usual_shape = Counter(_shape(rows[i]) for i in good).most_common(1)[0][0] if good else 0
+    usual = _usual([rows[i] for i in good])
     with _pool(workers, squares) as pool:
         found = pool.map(_scores, chunks)
         for chunk, chunk_scores in zip(chunks, progress_bar(found, total=len(chunks), leave=False)):
             scores.update({(a, b): s for (a, b, _), s in zip(chunk, chunk_scores) if s >= min_similarity})
         copies = [(i, keep) for group in _groups(scores, len(rows))
-                  for keep in [_keeper(group, rows, usual_suffix, usual_shape)] for i in group if i != keep]
+                  for keep in [_keeper(group, rows, usual)] for i in group if i != keep]
         size = lambda i: (rows[i]["width"], rows[i]["height"])
         compared = [(i, keep) for i, keep in copies  # a verified pair of one size: are its pixels equal?
                     if rows[i]["sha"] != rows[keep]["sha"] and (min(i, keep), max(i, keep)) in scores
