@@ -276,6 +276,26 @@ def test_copies_padded_to_another_shape_are_found(tmp_path, clothing_small):
     assert report.set_index("path").loc["skirt/portrait_square.jpg", "duplicate_of"] == f"skirt/{portrait.name}"
 
 
+def _border_colour(photo: Path) -> float:
+    "How strongly coloured the border of the photo at `photo` is: mean saturation times value"
+    hsv = np.asarray(Image.open(photo).convert("RGB").resize((64, 64)).convert("HSV"), dtype=np.float32)
+    border = np.concatenate([hsv[:4], hsv[-4:], hsv[:, :4].transpose(1, 0, 2), hsv[:, -4:].transpose(1, 0, 2)])
+    return float((border[..., 1]*border[..., 2]).mean())
+
+
+def test_padded_copies_of_photos_on_coloured_backgrounds_are_found(tmp_path, clothing_small):
+    "The white around a photo on a red or blue blanket changes its equalised tones; the photo alone is compared"
+    data = tmp_path/"DATA"
+    (data/"hat").mkdir(parents=True)
+    photos = sorted((clothing_small/"train"/"hat").glob("*.jpg"), key=_border_colour, reverse=True)[:4]
+    for photo in photos:
+        shutil.copy(photo, data/"hat"/photo.name)
+        _on_canvas(photo, 1).save(data/"hat"/f"{photo.stem}_square.jpg", quality=90)
+    report = clean(data, dry_run=True)
+    expected = {frozenset((f"hat/{p.name}", f"hat/{p.stem}_square.jpg")) for p in photos}
+    assert {frozenset((row.path, row.duplicate_of)) for row in report.itertuples()} == expected, report
+
+
 def test_command_line_reports_moves_and_restores(dataset, tmp_path):
     data = tmp_path/"DATA"
     shutil.copytree(dataset[0], data)

@@ -569,12 +569,44 @@ def _drafts_differ(first: dict, second: dict) -> bool:
     "Whether two JPEGs of one size, both decoded at reduced scale, show it: pixels that differ there differ in full"
     return "pixels" not in first and "pixels" not in second and not np.array_equal(first["square"], second["square"])
 
+_PAD_LEVEL = 250 # equalised grey level from which what surrounds a photo on a canvas is white
+
+def _unpadded(square: np.ndarray, # the equalised square of an image, maybe a photo padded to a canvas
+              ratio: float, # the image's width over its height
+              box, # where the photo would be on it, `(left, top, right, bottom)` fractions
+             ) -> tuple[np.ndarray, float]|None:
+    "The photo inside `box`, equalised again, and its ratio, when the image is a white canvas around it"
+    if box is None or not any(abs(ratio - shape) < .01 for shape in _CANVASES): return None
+    side = len(square)
+    left, top, right, bottom = np.round(np.asarray(box)*side).astype(int).tolist()
+    around = np.ones(square.shape, dtype=bool)
+    around[top:bottom, left:right] = False
+    if around.mean() < .04 or (square[around] >= _PAD_LEVEL).mean() < .95: return None
+    photo = np.ascontiguousarray(square[top:bottom, left:right])
+    photo = Image.fromarray(photo).resize((side, side), Image.BOX)
+    return _equalise(np.asarray(photo)), ratio*(right - left)/(bottom - top)
+
 def _scores(pairs: list) -> list[float]:
     "`similarity` of each of `pairs`, `(i, j, (uncropped, start))`, from the squares the worker holds"
     images = sorted({i for a, b, _ in pairs for i in (a, b)})
     pictures = _check_pictures(np.stack([_squares[i][0] for i in images]), [_squares[i][1] for i in images])
     picture = dict(zip(images, pictures))
-    return _similarities([(picture[a], picture[b], *hint) for a, b, hint in pairs]).tolist()
+    scores = _similarities([(picture[a], picture[b], *hint) for a, b, hint in pairs])
+    # a photo padded to a canvas: the white took a share of its equalising, so the photo alone is
+    # equalised again and compared, from the whole of it, with the other image
+    again = []  # (pair number, the photo cut out of the canvas and its ratio, the other image)
+    for number, (a, b, (uncropped, start)) in enumerate(pairs):
+        if uncropped is None: continue
+        canvas, other = (a, b) if uncropped == 0 else (b, a)
+        photo = _unpadded(*_squares[canvas], start)
+        if photo is not None: again.append((number, photo, other))
+    if again:
+        photos = _check_pictures(np.stack([square for _, (square, _), _ in again]),
+                                 [ratio for _, (_, ratio), _ in again])
+        whole = np.array([0, 0, 1, 1], dtype=np.float32)  # the photo may be cut a little
+        second = _similarities([(photo, picture[other], 0, whole) for photo, (_, _, other) in zip(photos, again)])
+        for (number, _, _), score in zip(again, second): scores[number] = max(scores[number], score)
+    return scores.tolist()
 
 # %% ../nbs/02_clean.ipynb #83f97529
 def find_duplicates(data: Path, # the dataset folder
