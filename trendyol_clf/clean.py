@@ -284,19 +284,20 @@ def _crop_thumbs(infos: list[dict], # `inspect_image` results, with their square
 _CANVASES = (1, 3/4) # shapes (width/height) shops pad photos to with white: such copies are proposed
 
 def _padded_thumbs(infos: list[dict], # `inspect_image` results, with their squares
-                   min_fill: float=.5, # the least share of a canvas side a photo fills to be placed on it
+                   min_fill: float=.5, # the least share of a canvas side a photo fills to go on it
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    "Thumbnails of `infos` put on white canvases of the `_CANVASES` shapes; whose each is, and the box it fills"
+    "Thumbnails of `infos` on white canvases of the `_CANVASES` shapes; whose each is, and its box"
     side, owners, boxes, thumbs = _SQUARE_SIDE, [], [], []
     shrink = _shrink_weights(side, 0, side, _THUMB_SIDE)  # a whole thumbnail's weights, 12 × side
     ratios = np.array([info["width"]/info["height"] for info in infos])
     for shape in _CANVASES:  # the photos that fill as much of a canvas are placed on it at once
-        fills = np.minimum(ratios/shape, shape/ratios)  # of the canvas' width if the photo is narrower, else height
-        placed = (fills >= min_fill) & (fills < .95)  # not nearly the canvas' shape already, nor lost on it
+        fills = np.minimum(ratios/shape, shape/ratios)  # of the width if the photo is narrower, else height
+        placed = (fills >= min_fill) & (fills < .95)  # not nearly the canvas' shape, nor lost on it
         keys = np.stack([np.round(side*fills).astype(int), shape > ratios], axis=1)[placed]
         for size, wider in np.unique(keys, axis=0).tolist():
             group, start = np.flatnonzero(placed)[(keys == (size, wider)).all(1)], (side - size)//2
-            box = (start/side, 0, (start + size)/side, 1) if wider else (0, start/side, 1, (start + size)/side)
+            end = (start + size)/side
+            box = (start/side, 0, end, 1) if wider else (0, start/side, 1, end)
             # squeezing the square to `size`, then shrinking the canvas, is one linear map of the square
             inside = shrink[:, start:start + size] @ _shrink_weights(side, 0, side, size)  # 12 × side
             canvas_share = shrink.sum(1) - shrink[:, start:start + size].sum(1)  # of each thumbnail line
@@ -304,11 +305,13 @@ def _padded_thumbs(infos: list[dict], # `inspect_image` results, with their squa
             for first in range(0, len(group), 1_024):
                 members = group[first:first + 1_024]
                 squares = np.stack([infos[i]["square"] for i in members]).astype(np.float32)
-                across = (squares.reshape(-1, side) @ (inside if wider else shrink).T).reshape(len(members), side, -1)
+                across = squares.reshape(-1, side) @ (inside if wider else shrink).T  # the columns
+                across = across.reshape(len(members), side, -1)
                 shrunk = (shrink @ across + white) if wider else (inside @ across + white.T)
                 owners.append(members); boxes += [box]*len(members)
                 thumbs.append(_unit_rows(shrunk.reshape(len(members), -1)))
-    if not thumbs: return np.zeros(0, dtype=np.int64), np.zeros((0, 4), dtype=np.float32), np.zeros((0, 144))
+    if not thumbs:
+        return np.zeros(0, dtype=np.int64), np.zeros((0, 4), dtype=np.float32), np.zeros((0, _THUMB_SIDE**2))
     return np.concatenate(owners), np.array(boxes, dtype=np.float32), np.concatenate(thumbs)
 
 def candidate_pairs(infos: list[dict], # `inspect_image` results of the images to compare
@@ -571,11 +574,11 @@ def _drafts_differ(first: dict, second: dict) -> bool:
 
 _PAD_LEVEL = 250 # equalised grey level from which what surrounds a photo on a canvas is white
 
-def _unpadded(square: np.ndarray, # the equalised square of an image, maybe a photo padded to a canvas
+def _unpadded(square: np.ndarray, # the equalised square of an image, maybe a photo on a canvas
               ratio: float, # the image's width over its height
               box, # where the photo would be on it, `(left, top, right, bottom)` fractions
              ) -> tuple[np.ndarray, float]|None:
-    "The photo inside `box`, equalised again, and its ratio, when the image is a white canvas around it"
+    "The photo inside `box`, equalised again, and its ratio, when the image is white around it"
     if box is None or not any(abs(ratio - shape) < .01 for shape in _CANVASES): return None
     side = len(square)
     left, top, right, bottom = np.round(np.asarray(box)*side).astype(int).tolist()
@@ -604,7 +607,8 @@ def _scores(pairs: list) -> list[float]:
         photos = _check_pictures(np.stack([square for _, (square, _), _ in again]),
                                  [ratio for _, (_, ratio), _ in again])
         whole = np.array([0, 0, 1, 1], dtype=np.float32)  # the photo may be cut a little
-        second = _similarities([(photo, picture[other], 0, whole) for photo, (_, _, other) in zip(photos, again)])
+        second = _similarities([(photo, picture[other], 0, whole)
+                                for photo, (_, _, other) in zip(photos, again)])
         for (number, _, _), score in zip(again, second): scores[number] = max(scores[number], score)
     return scores.tolist()
 
