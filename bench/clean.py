@@ -2,10 +2,11 @@
 
 Builds, under a temporary folder, a dataset of real photos from `../shared/data/clothing-small`
 with copies of a sample of them (byte copies, PNG re-saves, resized, re-encoded, cropped, WebP,
-brightened, darkened, padded to a square with white, copied into another class) and broken files (empty, truncated, HTML), then
-reports per kind the recall of the copy-original pairs, the precision of the pairs found, the
-recall of broken files, images per second, and a projection of the cleaner's time to 100k images
-from two measured sizes. Times are medians of `--repeats` runs, for the cleaner and imagededup alike.
+brightened, darkened, padded to a square with white, copied into another class) and broken files
+(empty, truncated, HTML), then reports per kind the recall of the copy-original pairs, the precision
+of the pairs found, the recall of broken files, images per second, and a projection of the
+cleaner's time to 100k images from two measured sizes. Times are medians of `--repeats` runs, for
+the cleaner and imagededup alike.
 Run: `python bench/clean.py [--photos 1600] [--copies 30] [--repeats 3] [--enlarge 1]`; `--enlarge 3`
 stands in for the full-size photos the scraper fetches with `--image-size 0` (about 1200x1600).
 """
@@ -27,7 +28,8 @@ from trendyol_clf import clean as cleaner
 from trendyol_clf.clean import clean, list_images
 from trendyol_clf.core import shared_path
 
-KINDS = ("exact", "png", "resized", "reencoded", "cropped", "webp", "brightened", "darkened", "padded", "other_class")
+KINDS = ("exact", "png", "resized", "reencoded", "cropped", "webp", "brightened", "darkened", "padded",
+         "other_class")
 
 
 def make_copy(source: Path, kind: str, classes: list, rng: random.Random) -> Path:

@@ -109,12 +109,13 @@ def _shrink_weights(size: int, start: float, end: float, side: int) -> np.ndarra
 
 @functools.lru_cache(maxsize=None)
 def _thumb_filters(size: int) -> tuple[np.ndarray, np.ndarray, list[int], list[int]]:
-    "Weights shrinking a `size` square to 12 rows over each row span of the crop boxes, and to 12 columns over each column span; the spans of each box"
+    "Weights shrinking a `size` square to 12 rows and 12 columns over each span of the boxes; each box's spans"
     boxes = [(0, 0, 1, 1)] + [tuple(edges) for edges in _VARIANT_EDGES.tolist()]
     spans = {"rows": [(top, bottom) for _, top, _, bottom in boxes],
              "columns": [(left, right) for left, _, right, _ in boxes]}
     unique = {axis: sorted(set(found)) for axis, found in spans.items()}  # many boxes share a row or column span
-    rows, columns = [np.concatenate([_shrink_weights(size, start*size, end*size, _THUMB_SIDE) for start, end in unique[axis]])
+    shrink = lambda start, end: _shrink_weights(size, start*size, end*size, _THUMB_SIDE)
+    rows, columns = [np.concatenate([shrink(start, end) for start, end in unique[axis]])
                      for axis in ("rows", "columns")]
     row_of, column_of = [[unique[axis].index(span) for span in spans[axis]] for axis in ("rows", "columns")]
     return rows, columns.T.copy(), row_of, column_of
@@ -158,7 +159,8 @@ def _decode(path: Path|io.BytesIO) -> Image.Image:
         full_size, file_mode = img.size, img.mode
         drafted = img.draft("L", (2*_SQUARE_SIDE, 2*_SQUARE_SIDE)) is not None
         img.load()
-    img.info.update(full_size=full_size, file_mode=file_mode, drafted=drafted)  # `drafted`: smaller or grayer than the file's pixels
+    # `drafted`: the pixels decoded are smaller or grayer than the file's
+    img.info.update(full_size=full_size, file_mode=file_mode, drafted=drafted)
     return img
 
 def _pixel_digest(image: Path|Image.Image) -> str:
@@ -361,7 +363,8 @@ class _CheckPicture(NamedTuple):
 
 def _halve(pixels: np.ndarray) -> np.ndarray:
     "`pixels` (or a stack) at half the side: the mean of each 2×2 block, also what bilinear sampling at half gives"
-    return (pixels[..., 0::2, 0::2] + pixels[..., 1::2, 0::2] + pixels[..., 0::2, 1::2] + pixels[..., 1::2, 1::2])*np.float32(.25)
+    corners = pixels[..., 0::2, 0::2] + pixels[..., 1::2, 0::2] + pixels[..., 0::2, 1::2] + pixels[..., 1::2, 1::2]
+    return corners*np.float32(.25)
 
 @functools.lru_cache(maxsize=None)
 def _blur_matrix(side: int, radius: float=3, passes: int=3) -> np.ndarray:
@@ -399,7 +402,7 @@ def _check_picture_of(path: Path) -> _CheckPicture:
     return _check_picture(_square(img, _SQUARE_SIDE), width/height)
 
 def _sample(pixels: np.ndarray, # a stack of square pictures
-            boxes: np.ndarray,  # crop boxes of each picture, `(left, top, right, bottom)` fractions: pictures × boxes × 4
+            boxes: np.ndarray,  # crop boxes, `(left, top, right, bottom)` fractions: pictures × boxes × 4
             side: int,          # each crop is sampled on a `side`×`side` grid
            ) -> np.ndarray:
     "Unit vectors of the crops `boxes` of each of `pixels`, bilinearly sampled: pictures × boxes × `side`²"
@@ -497,7 +500,8 @@ def _similarities(pairs: list[tuple]) -> np.ndarray:
     ones, others, boxes = zip(*[_crop_start(*pairs[i]) for i in open_pairs])
     boxes = np.stack(boxes)
     stack = lambda pictures, part: np.stack([getattr(p, part) for p in pictures])
-    small, target, detail, whole = stack(ones, "small"), stack(others, "target"), stack(ones, "detail"), stack(others, "whole")
+    small, detail = stack(ones, "small"), stack(ones, "detail")
+    target, whole = stack(others, "target"), stack(others, "whole")
     active = np.arange(len(open_pairs))  # the pairs still searched, as rows of the stacks
     for step, floor in ((.03, _FIRST_STEP_FLOOR), (.015, _REFINE_FROM)):
         boxes[active], _ = _refine(small[active], target[active], boxes[active], step, 24)
